@@ -1,0 +1,47 @@
+"""Functional core: per-(n, c) moments, exact pooling, and the affine op with its backends.
+
+Imports torch only. See DESIGN.md, "The one idea: moments -> coefficients -> affine".
+"""
+
+from normlab.functional.affine import AffineNormFunction, CoefficientFn, affine_norm, apply_affine
+from normlab.functional.backends import (
+    BACKENDS,
+    get_backend,
+    resolve_backend,
+    set_backend,
+    use_backend,
+)
+from normlab.functional.moments import (
+    instance_moments,
+    spatial_dims,
+    spatial_size,
+    statistics_dtype,
+)
+from normlab.functional.pooling import (
+    batch_moments,
+    group_moments,
+    layer_moments,
+    pool_moments,
+    virtual_batch_moments,
+)
+
+__all__ = [
+    "BACKENDS",
+    "AffineNormFunction",
+    "CoefficientFn",
+    "affine_norm",
+    "apply_affine",
+    "batch_moments",
+    "get_backend",
+    "group_moments",
+    "instance_moments",
+    "layer_moments",
+    "pool_moments",
+    "resolve_backend",
+    "set_backend",
+    "spatial_dims",
+    "spatial_size",
+    "statistics_dtype",
+    "use_backend",
+    "virtual_batch_moments",
+]

@@ -1,0 +1,147 @@
+"""The shared op: ``y[n, c, ...] = A[n, c] * x[n, c, ...] + B[n, c]``.
+
+``A`` and ``B`` come from a *coefficient function* ``coef(mean, var, *params) -> (A, B)``
+evaluated on the per-(n, c) moments of ``x`` (DESIGN.md). Two backends:
+
+- ``reference``: plain differentiable torch ops straight from the equations; autograd
+  differentiates through the moments. Also the path taken under ``torch.compile``.
+- ``fused``: :class:`AffineNormFunction`, a custom autograd Function that saves only ``x``
+  and (N, C) tensors. Backward computes ``S1 = sum(g)`` and ``S2 = sum(g * x)`` per (n, c),
+  back-propagates ``(S2, S1)`` through the small (N, C) coefficient graph with
+  :func:`torch.autograd.grad`, and writes ``dx = A*g + P*x + Q`` with
+  ``P = 2*dvar/M`` and ``Q = dmean/M - P*mean`` (M = elements per (n, c)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from normlab.functional.backends import resolve_backend
+from normlab.functional.moments import instance_moments, spatial_dims, spatial_size
+
+__all__ = ["AffineNormFunction", "CoefficientFn", "affine_norm", "apply_affine"]
+
+CoefficientFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View an (N, C) tensor so that it broadcasts against an ``ndim``-dimensional input."""
+    return t.reshape(t.shape + (1,) * (ndim - 2))
+
+
+def apply_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``scale[n, c] * x + shift[n, c]`` in one pass, returned in ``x``'s dtype."""
+    y = torch.addcmul(_per_channel(shift, x.dim()), _per_channel(scale, x.dim()), x)
+    return y.to(x.dtype)
+
+
+def _sum_spatial(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.sum(spatial_dims(t), dtype=dtype)
+
+
+class AffineNormFunction(torch.autograd.Function):
+    """Fused forward/backward of ``A(mean, var, params) * x + B(mean, var, params)``.
+
+    Memory saved for backward: ``x`` plus (N, C) tensors, as for batch normalization.
+    """
+
+    @staticmethod
+    def forward(ctx, x, coef, with_var, *params):
+        mean, var = instance_moments(x, with_var=with_var)
+        grad_x = ctx.needs_input_grad[0]
+        mean = mean.requires_grad_(grad_x)
+        if var is not None:
+            var = var.requires_grad_(grad_x)
+        leaves = [
+            None if p is None else p.detach().requires_grad_(needs)
+            for p, needs in zip(params, ctx.needs_input_grad[3:])
+        ]
+        with torch.enable_grad():
+            scale, shift = coef(mean, var, *leaves)
+        ctx.save_for_backward(x)
+        ctx.graph = (mean, var, leaves, scale, shift)
+        return apply_affine(x, scale.detach(), shift.detach())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        mean, var, leaves, scale, shift = ctx.graph
+        del ctx.graph
+        dtype = scale.dtype
+        s1 = _sum_spatial(grad_y, dtype)
+        s2 = _sum_spatial(grad_y * x, dtype)
+        outputs = [(o, g) for o, g in ((scale, s2), (shift, s1)) if o.requires_grad]
+        inputs = [t for t in (mean, var, *leaves) if t is not None and t.requires_grad]
+        grads = iter(
+            torch.autograd.grad(
+                [o for o, _ in outputs], inputs, [g for _, g in outputs], allow_unused=True
+            )
+            if outputs and inputs
+            else [None] * len(inputs)
+        )
+        by_input = {id(t): next(grads) for t in inputs}
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            m = spatial_size(x)
+            dmean = by_input.get(id(mean))
+            dvar = by_input.get(id(var)) if var is not None else None
+            p = torch.zeros_like(scale) if dvar is None else 2.0 * dvar / m
+            q = -p * mean
+            if dmean is not None:
+                q = q + dmean / m
+            grad_x = apply_affine(x, p, q)
+            grad_x.addcmul_(_per_channel(scale.detach().to(x.dtype), x.dim()), grad_y)
+        grad_params = [None if t is None else by_input.get(id(t)) for t in leaves]
+        return (grad_x, None, None, *grad_params)
+
+
+def _reference(x, coef, with_var, params):
+    mean, var = instance_moments(x, with_var=with_var)
+    scale, shift = coef(mean, var, *params)
+    return apply_affine(x, scale, shift)
+
+
+def affine_norm(
+    x: torch.Tensor,
+    coef: CoefficientFn,
+    params: Sequence[torch.Tensor | None] = (),
+    *,
+    with_var: bool = True,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Normalize ``x`` with coefficients computed from its per-(n, c) moments.
+
+    Args:
+        x: input of shape (N, C) or (N, C, *).
+        coef: ``coef(mean, var, *params) -> (A, B)``, both of shape (N, C); ``var`` is
+            ``None`` when ``with_var`` is False. It may update buffers (running statistics)
+            as a side effect: it is called exactly once per forward.
+        params: tensors (or ``None``) the coefficients depend on; gradients flow to them.
+        with_var: whether ``coef`` needs the variance (e.g. not in BN eval).
+        backend: ``"reference"``, ``"fused"`` or ``None`` for the global default. Under
+            ``torch.compile`` the plain-ops path is traced whatever the choice.
+
+    Returns:
+        ``A * x + B`` with ``x``'s shape and dtype.
+
+    Shape:
+        - x: (N, C) or (N, C, *); an (N, C) input has one element per (n, c) pair.
+        - output: same as x.
+    """
+    if x.dim() == 2:
+        return affine_norm(
+            x.unsqueeze(-1), coef, params, with_var=with_var, backend=backend
+        ).squeeze(-1)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p is not None and p.requires_grad for p in params)
+    )
+    if (
+        resolve_backend(backend) == "reference"
+        or torch.compiler.is_compiling()
+        or not needs_grad
+    ):
+        return _reference(x, coef, with_var, params)
+    return AffineNormFunction.apply(x, coef, with_var, *params)

@@ -1,0 +1,89 @@
+"""Exact pooling of equal-count (N, C) moments into BN, LN, GN and virtual-batch statistics.
+
+Pooled moments use the parallel-variance rule
+``var_pool = mean(var + (mean - mean_pool)^2)``, exact for groups of equal size and
+numerically stable (DESIGN.md). Every function returns statistics broadcastable against
+the (N, C) inputs, so coefficient functions can combine them elementwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "batch_moments",
+    "group_moments",
+    "layer_moments",
+    "pool_moments",
+    "virtual_batch_moments",
+]
+
+
+def pool_moments(
+    mean: torch.Tensor, var: torch.Tensor, dim: int | tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool equal-count moments over ``dim`` (kept as size-1 axes).
+
+    Args:
+        mean: per-group means.
+        var: per-group biased variances, same shape as ``mean``.
+        dim: the axis or axes whose groups are merged.
+
+    Returns:
+        ``(mean_pool, var_pool)`` with ``dim`` reduced to size 1.
+    """
+    pooled_mean = mean.mean(dim, keepdim=True)
+    pooled_var = (var + (mean - pooled_mean).square()).mean(dim, keepdim=True)
+    return pooled_mean, pooled_var
+
+
+def batch_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN statistics: (N, C) moments pooled over the batch. Shape: (1, C)."""
+    return pool_moments(mean, var, 0)
+
+
+def layer_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LN statistics: (N, C) moments pooled over channels. Shape: (N, 1)."""
+    return pool_moments(mean, var, 1)
+
+
+def group_moments(
+    mean: torch.Tensor, var: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GN statistics: moments pooled over ``num_groups`` consecutive channel groups.
+
+    Returns:
+        ``(mean, var)`` of shape (N, C), each channel carrying its group's statistics.
+    """
+    n, c = mean.shape
+    grouped = (t.reshape(n, num_groups, c // num_groups) for t in (mean, var))
+    group_mean, group_var = pool_moments(*grouped, 2)
+    shape = (n, num_groups, c // num_groups)
+    return group_mean.expand(shape).reshape(n, c), group_var.expand(shape).reshape(n, c)
+
+
+def virtual_batch_moments(
+    mean: torch.Tensor, var: torch.Tensor, virtual_batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN statistics of consecutive sub-batches of ``virtual_batch_size`` samples.
+
+    This is how one device reproduces the SN paper's (GPUs, samples per GPU) settings: each
+    sub-batch is normalized with its own statistics. A last, smaller sub-batch is pooled on
+    its own.
+
+    Returns:
+        ``(mean, var)`` of shape (N, C), each sample carrying its sub-batch's statistics.
+    """
+    n = mean.shape[0]
+    full = (n // virtual_batch_size) * virtual_batch_size
+    pieces = []
+    if full:
+        shape = (full // virtual_batch_size, virtual_batch_size, mean.shape[1])
+        pm, pv = pool_moments(mean[:full].reshape(shape), var[:full].reshape(shape), 1)
+        pieces.append((pm.expand(shape).reshape(full, -1), pv.expand(shape).reshape(full, -1)))
+    if full < n:
+        pm, pv = batch_moments(mean[full:], var[full:])
+        pieces.append((pm.expand(n - full, -1), pv.expand(n - full, -1)))
+    if len(pieces) == 1:
+        return pieces[0]
+    return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])

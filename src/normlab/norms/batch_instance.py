@@ -1,0 +1,91 @@
+"""Batch-Instance Normalization (BIN; Nam & Kim 2018).
+
+A per-channel gate rho in [0, 1] mixes the batch- and instance-normalized responses:
+
+    y = (rho * x_hat_BN + (1 - rho) * x_hat_IN) * gamma + beta
+
+Both normalized tensors are affine in x, so the mix is one affine map with
+``s = rho * s_BN + (1 - rho) * s_IN`` and ``t = rho * t_BN + (1 - rho) * t_IN``. The IN
+branch uses the sample's own statistics in training and in eval. rho starts at 1, has the
+role ``"gate"`` (10x learning rate, no weight decay in :func:`normlab.param_groups`) and is
+clamped to [0, 1] by :func:`normlab.post_step` after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from normlab.norms.base import NormBase
+from normlab.norms.batch_stats import BatchStatistics
+from normlab.norms.standard import check_instance_statistics, standardize
+
+__all__ = ["BatchInstanceNorm", "BatchInstanceNorm1d", "BatchInstanceNorm2d", "BatchInstanceNorm3d"]
+
+
+class BatchInstanceNorm(BatchStatistics, NormBase):
+    """Batch-Instance Normalization on the shared core.
+
+    Args:
+        num_features, eps, momentum, affine, track_running_stats, virtual_batch_size:
+            as for BatchNorm.
+        gate_init: initial rho (the paper uses 1, i.e. start as BN).
+
+    Parameters:
+        ``weight``, ``bias``, ``gate`` (rho), all (C,).
+
+    Shape:
+        - input: (N, C, *) with more than one element per (n, c); output: same.
+    """
+
+    param_roles = {**NormBase.param_roles, "gate": "gate"}
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        gate_init: float = 1.0,
+        virtual_batch_size: int | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, affine, backend=backend)
+        self.init_batch_statistics(
+            num_features, momentum, track_running_stats, virtual_batch_size
+        )
+        self.gate = nn.Parameter(torch.full((num_features,), float(gate_init)))
+
+    def coefficient_params(self):
+        return {**super().coefficient_params(), "gate": self.gate}
+
+    def normalizer(self, mean, var, params, count):
+        check_instance_statistics(self, count)
+        rho = params["gate"]
+        batch_scale, batch_shift = standardize(
+            *self.batch_statistics(mean, var, count), self.eps
+        )
+        instance_scale, instance_shift = standardize(mean, var, self.eps)
+        return (
+            rho * batch_scale + (1 - rho) * instance_scale,
+            rho * batch_shift + (1 - rho) * instance_shift,
+        )
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        """Clamp rho to [0, 1] (BIN paper: gates are clipped after each update)."""
+        self.gate.clamp_(0.0, 1.0)
+
+
+class BatchInstanceNorm1d(BatchInstanceNorm):
+    dim = 1
+
+
+class BatchInstanceNorm2d(BatchInstanceNorm):
+    dim = 2
+
+
+class BatchInstanceNorm3d(BatchInstanceNorm):
+    dim = 3

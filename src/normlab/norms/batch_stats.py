@@ -1,0 +1,124 @@
+"""Batch statistics shared by every layer that pools over samples (BN, IEBN, SN, BIN).
+
+One place decides, per forward, which statistics the BN part of a layer uses:
+
+- training, or eval without running statistics: the (N, C) moments pooled over the batch
+  (over consecutive sub-batches when ``virtual_batch_size`` is set), with the running
+  statistics updated as in :class:`torch.nn.BatchNorm2d` (``momentum=None`` = cumulative
+  average; ``running_var`` tracks the unbiased batch variance);
+- eval with running statistics: ``running_mean`` and ``running_var``.
+
+With virtual batches the running statistics move towards the average over sub-batches of
+their means and unbiased variances, as averaging per-device buffers would.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from normlab.functional import batch_moments, virtual_batch_moments
+
+__all__ = ["BatchStatistics"]
+
+
+class BatchStatistics(nn.Module):
+    """Mixin owning ``running_mean``, ``running_var``, ``num_batches_tracked`` and the pooling.
+
+    Args:
+        num_features: C.
+        momentum: running-statistics momentum (PyTorch convention); ``None`` for a
+            cumulative average.
+        track_running_stats: keep running statistics and use them in eval.
+        virtual_batch_size: pool statistics over consecutive sub-batches of this many
+            samples in training (``None``: the whole batch).
+
+    Attributes:
+        update_running_stats: when False, training uses batch statistics without moving
+            the running ones (SN's ``using_moving_average=False``);
+            :func:`normlab.update_norm_stats` switches it on while it re-estimates them.
+    """
+
+    def init_batch_statistics(
+        self,
+        num_features: int,
+        momentum: float | None,
+        track_running_stats: bool,
+        virtual_batch_size: int | None,
+    ) -> None:
+        if virtual_batch_size is not None and int(virtual_batch_size) < 1:
+            raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
+        self.momentum = momentum
+        self.track_running_stats = bool(track_running_stats)
+        self.virtual_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
+        self.update_running_stats = True
+        if self.track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, no batches tracked."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+            self.num_batches_tracked.zero_()
+
+    def uses_batch_statistics(self) -> bool:
+        """Whether the BN part pools the current batch (training, or no running stats)."""
+        return self.training or not self.track_running_stats
+
+    def batch_statistics(
+        self, mean: torch.Tensor, var: torch.Tensor | None, count: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BN mean and variance to normalize with, broadcastable against (N, C).
+
+        Args:
+            mean, var: per-(n, c) moments; ``var`` may be None only in eval with running
+                statistics.
+            count: elements behind each (n, c) pair (M).
+        """
+        if not self.uses_batch_statistics():
+            return (
+                self.running_mean.to(mean.dtype).unsqueeze(0),
+                self.running_var.to(mean.dtype).unsqueeze(0),
+            )
+        n = mean.shape[0]
+        group = n if self.virtual_batch_size is None else min(self.virtual_batch_size, n)
+        if group * count <= 1 or (n % group and (n % group) * count <= 1):
+            raise ValueError(
+                f"{type(self).__name__}: expected more than 1 value per channel when "
+                f"training with batch statistics, got {n} sample(s) x {count} value(s)"
+                + ("" if self.virtual_batch_size is None
+                   else f" in sub-batches of {self.virtual_batch_size}")
+                + "; use a larger batch, eval mode, or a norm without batch statistics"
+            )
+        if group == n:
+            batch_mean, batch_var = batch_moments(mean, var)
+        else:
+            batch_mean, batch_var = virtual_batch_moments(mean, var, group)
+        if self.training and self.track_running_stats and self.update_running_stats:
+            self._update_running_stats(batch_mean, batch_var, group, count)
+        return batch_mean, batch_var
+
+    @torch.no_grad()
+    def _update_running_stats(
+        self, batch_mean: torch.Tensor, batch_var: torch.Tensor, group: int, count: int
+    ) -> None:
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
+        else:
+            factor = self.momentum
+        n = batch_mean.shape[0]
+        if n > 1:
+            batch_mean, batch_var = batch_mean[::group], batch_var[::group]
+        sizes = [min(group, n - start) for start in range(0, n, group)] if n > 1 else [group]
+        values = torch.tensor(sizes, dtype=batch_var.dtype, device=batch_var.device) * count
+        unbiased = batch_var.detach() * (values / (values - 1)).unsqueeze(1)
+        self.running_mean.lerp_(batch_mean.detach().mean(0).to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.mean(0).to(self.running_var.dtype), factor)

@@ -1,0 +1,216 @@
+"""The baselines on the shared core: BatchNorm, InstanceNorm, LayerNorm and GroupNorm.
+
+Each is one statistics choice over the per-(n, c) moments, with
+``x_hat = (x - mu) / sqrt(sigma^2 + eps)``, i.e. ``s = rsqrt(sigma^2 + eps)``, ``t = -mu * s``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from normlab.functional import group_moments, layer_moments
+from normlab.norms.base import NormBase
+from normlab.norms.batch_stats import BatchStatistics
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm1d",
+    "GroupNorm2d",
+    "GroupNorm3d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm1d",
+    "LayerNorm2d",
+    "LayerNorm3d",
+    "standardize",
+]
+
+
+def standardize(
+    mean: torch.Tensor, var: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` of ``x_hat = (x - mean) / sqrt(var + eps) = s * x + t``."""
+    scale = torch.rsqrt(var + eps)
+    return scale, -mean * scale
+
+
+def check_instance_statistics(layer: NormBase, count: int) -> None:
+    """Instance statistics need more than one element per (n, c)."""
+    if count <= 1:
+        raise ValueError(
+            f"{type(layer).__name__}: instance statistics need more than 1 spatial element "
+            "per channel, got 1; feed an (N, C, L) or larger input, or use bn/ln/gn"
+        )
+
+
+class BatchNorm(BatchStatistics, NormBase):
+    """Batch normalization (Ioffe & Szegedy 2015) on the shared core.
+
+    Equals :class:`torch.nn.BatchNorm2d` (same parameters, buffers and momentum semantics)
+    and adds ``virtual_batch_size`` and the constant-noise attack.
+
+    Shape:
+        - input: (N, C, *) as for the matching torch layer; output: same.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        virtual_batch_size: int | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, affine, backend=backend)
+        self.init_batch_statistics(
+            num_features, momentum, track_running_stats, virtual_batch_size
+        )
+
+    def needs_variance(self) -> bool:
+        return self.uses_batch_statistics()
+
+    def normalizer(self, mean, var, params, count):
+        return standardize(*self.batch_statistics(mean, var, count), self.eps)
+
+
+class InstanceNorm(BatchStatistics, NormBase):
+    """Instance normalization (Ulyanov et al. 2016): each (n, c) uses its own statistics.
+
+    Unlike torch's InstanceNorm, ``affine`` defaults to True so that it drops into a
+    network in place of BN. With ``track_running_stats=True`` it keeps running averages
+    of the instance statistics (batch average of the means and of the unbiased variances,
+    as torch does) and uses them in eval.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = False,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, affine, backend=backend)
+        self.init_batch_statistics(num_features, momentum, track_running_stats, None)
+
+    def needs_variance(self) -> bool:
+        return self.uses_batch_statistics()
+
+    def normalizer(self, mean, var, params, count):
+        if not self.uses_batch_statistics():
+            return standardize(
+                self.running_mean.to(mean.dtype), self.running_var.to(mean.dtype), self.eps
+            )
+        check_instance_statistics(self, count)
+        if self.training and self.track_running_stats and self.update_running_stats:
+            self._update_running_stats(mean, var, 1, count)
+        return standardize(mean, var, self.eps)
+
+
+class LayerNorm(NormBase):
+    """Layer normalization (Ba et al. 2016) over (C, *) with a per-channel affine.
+
+    Each sample is normalized with the statistics of all its channels and positions; the
+    scale and shift are per channel (so ``GroupNorm(num_groups=1)`` equals it).
+    """
+
+    def normalizer(self, mean, var, params, count):
+        return standardize(*layer_moments(mean, var), self.eps)
+
+
+class GroupNorm(NormBase):
+    """Group normalization (Wu & He 2018): statistics over groups of consecutive channels.
+
+    Args:
+        num_groups: number of groups; must divide C. ``None`` (default) takes 32 groups
+            when C is divisible by 32, else ``gcd(32, C)`` groups (e.g. 16 for C = 16), so
+            the narrow layers of CIFAR networks work without a per-layer setting.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int | None = None,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, affine, backend=backend)
+        self.num_groups = default_num_groups(self.num_features, num_groups)
+
+    def normalizer(self, mean, var, params, count):
+        return standardize(*group_moments(mean, var, self.num_groups), self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_groups={self.num_groups}"
+
+
+def default_num_groups(num_features: int, num_groups: int | None) -> int:
+    """``num_groups``, checked to divide C; ``None`` gives ``gcd(32, C)``."""
+    if num_groups is None:
+        return math.gcd(32, num_features)
+    if num_groups < 1 or num_features % num_groups:
+        raise ValueError(
+            f"num_groups must be a positive divisor of the {num_features} channels, "
+            f"got {num_groups}"
+        )
+    return int(num_groups)
+
+
+class BatchNorm1d(BatchNorm):
+    dim = 1
+
+
+class BatchNorm2d(BatchNorm):
+    dim = 2
+
+
+class BatchNorm3d(BatchNorm):
+    dim = 3
+
+
+class InstanceNorm1d(InstanceNorm):
+    dim = 1
+
+
+class InstanceNorm2d(InstanceNorm):
+    dim = 2
+
+
+class InstanceNorm3d(InstanceNorm):
+    dim = 3
+
+
+class LayerNorm1d(LayerNorm):
+    dim = 1
+
+
+class LayerNorm2d(LayerNorm):
+    dim = 2
+
+
+class LayerNorm3d(LayerNorm):
+    dim = 3
+
+
+class GroupNorm1d(GroupNorm):
+    dim = 1
+
+
+class GroupNorm2d(GroupNorm):
+    dim = 2
+
+
+class GroupNorm3d(GroupNorm):
+    dim = 3

@@ -1,0 +1,182 @@
+"""Model-wide helpers for training with normlab norms: parameter roles, post-step
+projections, batch-average statistics and the constant-noise / virtual-batch switches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from normlab.norms.base import NormBase
+from normlab.norms.batch_stats import BatchStatistics
+
+__all__ = [
+    "DEFAULT_ROLE_LR_SCALE",
+    "DEFAULT_ROLE_WEIGHT_DECAY",
+    "param_groups",
+    "parameter_roles",
+    "post_step",
+    "set_noise",
+    "set_virtual_batch_size",
+    "update_norm_stats",
+]
+
+DEFAULT_ROLE_LR_SCALE: Mapping[str, float] = {"gate": 10.0}
+"""BIN's gates learn 10x faster (BIN paper practice, the authors' default flag)."""
+DEFAULT_ROLE_WEIGHT_DECAY: Mapping[str, float] = {"gate": 0.0}
+"""BIN's gates get no weight decay (BIN paper practice)."""
+
+
+def parameter_roles(model: nn.Module) -> dict[str, str]:
+    """Fully-qualified trainable parameter name -> role.
+
+    Roles: ``"affine"`` (norm scale and shift, torch BN included), ``"gate"`` (BIN rho),
+    ``"switch"`` (SN logits), ``"iebn_gate"`` (IEBN gate parameters), ``"default"``.
+    """
+    roles: dict[str, str] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, NormBase):
+            table = module.param_roles
+        elif isinstance(module, (_BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+            table = NormBase.param_roles
+        else:
+            table = {}
+        for name, param in module.named_parameters(recurse=False):
+            if param.requires_grad:
+                full = f"{module_name}.{name}" if module_name else name
+                roles[full] = table.get(name, "default")
+    return roles
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    *,
+    role_lr_scale: Mapping[str, float] | None = None,
+    role_weight_decay: Mapping[str, float] | None = None,
+    norm_weight_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups that honour each parameter's role.
+
+    Args:
+        model: the network.
+        lr: base learning rate.
+        weight_decay: base weight decay.
+        role_lr_scale: role -> learning-rate multiplier, merged over
+            :data:`DEFAULT_ROLE_LR_SCALE` (BIN gates x10). E.g. ``{"switch": 0.1}``.
+        role_weight_decay: role -> weight decay, merged over
+            :data:`DEFAULT_ROLE_WEIGHT_DECAY` (BIN gates 0).
+        norm_weight_decay: weight decay of every norm's ``weight`` and ``bias`` (role
+            ``"affine"``); ``None`` keeps the base value. ``0.0`` is the common
+            no-decay-on-norms practice.
+
+    Returns:
+        A list of dicts for :mod:`torch.optim`, one per role present, each with
+        ``params``, ``lr``, ``weight_decay`` and ``role``.
+    """
+    lr_scale = {**DEFAULT_ROLE_LR_SCALE, **(role_lr_scale or {})}
+    decay = {**DEFAULT_ROLE_WEIGHT_DECAY, **(role_weight_decay or {})}
+    if norm_weight_decay is not None:
+        decay.setdefault("affine", norm_weight_decay)
+    named = dict(model.named_parameters())
+    groups: dict[str, dict[str, Any]] = {}
+    for name, role in parameter_roles(model).items():
+        group = groups.setdefault(
+            role,
+            {
+                "params": [],
+                "lr": lr * lr_scale.get(role, 1.0),
+                "weight_decay": decay.get(role, weight_decay),
+                "role": role,
+            },
+        )
+        group["params"].append(named[name])
+    return list(groups.values())
+
+
+def post_step(model: nn.Module) -> None:
+    """Call after every optimizer step: projects constrained parameters (BIN gates to
+    [0, 1])."""
+    for module in model.modules():
+        if isinstance(module, NormBase):
+            module.post_step()
+
+
+def set_noise(model: nn.Module, noise: tuple[float, float] | None) -> nn.Module:
+    """Apply the constant-noise attack ``x_hat -> x_hat * Na + Nb`` (IEBN paper Eqn. 11) to
+    every normlab norm in ``model`` (``None`` removes it). Returns ``model``."""
+    value = None if noise is None else (float(noise[0]), float(noise[1]))
+    for module in model.modules():
+        if isinstance(module, NormBase):
+            module.noise = value
+    return model
+
+
+def set_virtual_batch_size(model: nn.Module, size: int | None) -> nn.Module:
+    """Pool batch statistics over sub-batches of ``size`` samples in every normlab norm
+    that uses batch statistics (``None``: whole batch). Returns ``model``."""
+    if size is not None and int(size) < 1:
+        raise ValueError(f"virtual batch size must be >= 1, got {size}")
+    for module in model.modules():
+        if isinstance(module, BatchStatistics):
+            module.virtual_batch_size = None if size is None else int(size)
+    return model
+
+
+def _inputs(batch: Any) -> torch.Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@torch.no_grad()
+def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int) -> int:
+    """Re-estimate running statistics as a plain average over ``num_batches`` batches.
+
+    The SN paper's *batch average* inference (Section 3.1): freeze the network, reset the
+    running statistics of every normlab norm (and torch BatchNorm) layer, feed batches in
+    training mode without gradients with a cumulative average (``momentum=None``), then
+    restore every module's mode and settings.
+
+    Args:
+        model: the network.
+        batches: an iterable of input tensors, or of ``(inputs, ...)`` tuples.
+        num_batches: how many batches to average (fewer if ``batches`` runs out).
+
+    Returns:
+        The number of batches used.
+    """
+    if num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, (BatchStatistics, _BatchNorm)) and m.track_running_stats
+    ]
+    saved_modes = {m: m.training for m in model.modules()}
+    saved = [(m.momentum, getattr(m, "update_running_stats", None)) for m in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        if isinstance(layer, BatchStatistics):
+            layer.update_running_stats = True
+    used = 0
+    try:
+        model.train()
+        for batch in batches:
+            if used >= num_batches:
+                break
+            model(_inputs(batch))
+            used += 1
+    finally:
+        for layer, (momentum, update) in zip(layers, saved):
+            layer.momentum = momentum
+            if update is not None:
+                layer.update_running_stats = update
+        for module, mode in saved_modes.items():
+            module.training = mode
+    if used == 0:
+        raise ValueError("update_norm_stats got no batches; pass a non-empty iterable")
+    return used
