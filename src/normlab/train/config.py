@@ -1,0 +1,424 @@
+"""Run configs: one dataclass schema, YAML files with ``base:`` inheritance, ``--set`` overrides.
+
+A config file is a YAML mapping with the sections of :class:`Config` (``model``, ``data``,
+``optim``, ``schedule``, ``train``, ``run``) and two optional top-level keys:
+``description`` (free text, e.g. which paper table the recipe reproduces) and ``base``
+(the name of a shipped config, or a path relative to the file, that this one starts from;
+mappings are merged key by key, everything else is replaced).
+
+Overrides use dotted keys and YAML scalars, as in timm: ``optim.lr=0.05``,
+``model.norm=iebn``, ``schedule.milestones=[2,4]``, ``model.kwargs.drop_rate=0.5``.
+Keys under the free-form mappings (``model.kwargs``, ``data.kwargs``,
+``optim.param_groups``) are passed through to the function they configure; every other
+unknown key raises :class:`~normlab.train.errors.ConfigError` naming the valid keys near it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from normlab.train.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "find_config",
+    "list_configs",
+    "load_config",
+    "save_config",
+]
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (``normlab.create_model``).
+
+    Attributes:
+        name: Registered model name, e.g. ``resnet164`` (``normlab list models``).
+        norm: Normalization layer name, e.g. ``bn``, ``iebn``, ``sn``, ``bin``.
+        num_classes: Output classes; ``None`` takes the data set's number of classes.
+        in_chans: Input channels; ``None`` takes the data set's.
+        kwargs: Extra keyword arguments for ``create_model`` (e.g. ``drop_rate``).
+    """
+
+    name: str = "resnet20"
+    norm: str = "bn"
+    num_classes: int | None = None
+    in_chans: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Which data to train and evaluate on (``normlab.data``).
+
+    Attributes:
+        name: Data set name (``normlab list datasets``).
+        root: Local folder or archive with the data; ``None`` for built-in data.
+        train_split: Split used for training.
+        test_split: Split evaluated every epoch.
+        batch_size: Training batch size (the global batch the recipe states).
+        eval_batch_size: Evaluation batch size; ``None`` uses ``batch_size``.
+        augment: Apply the loader's training augmentation (crop with padding, flip).
+        drop_last: Drop the last incomplete training batch.
+        kwargs: Extra keyword arguments for ``create_dataset`` (both splits).
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    augment: bool = True
+    drop_last: bool = True
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """SGD settings; weight decay and per-role learning rates go through ``param_groups``.
+
+    Attributes:
+        name: Optimizer; only ``sgd`` (the papers' optimizer) is provided.
+        lr: Base learning rate (before linear batch scaling).
+        momentum: SGD momentum.
+        nesterov: Use Nesterov momentum.
+        weight_decay: L2 weight decay for parameters whose role allows it.
+        lr_reference_batch: If set, the learning rate is scaled linearly with the batch
+            size, ``lr * data.batch_size / lr_reference_batch`` (SN recipe: 256).
+        grad_clip: Clip the global gradient norm to this value; ``None`` disables.
+        param_groups: Extra options for ``normlab.param_groups`` (e.g. a BIN gate lr factor).
+    """
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    lr_reference_batch: int | None = None
+    grad_clip: float | None = None
+    param_groups: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, in epochs (fractions allowed; it is applied every step).
+
+    Attributes:
+        name: ``multistep``, ``cosine`` or ``constant``.
+        milestones: Epochs at which ``multistep`` multiplies the learning rate by ``gamma``.
+        gamma: Multistep decay factor.
+        warmup_epochs: Length of the linear warm-up (any schedule).
+        warmup_start_factor: Learning-rate factor at the first warm-up step.
+        min_factor: Final learning-rate factor of ``cosine``.
+    """
+
+    name: str = "multistep"
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.0
+    min_factor: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """How the training loop runs.
+
+    Attributes:
+        epochs: Number of training epochs.
+        seed: Seed of python, numpy and torch random generators and of data shuffling.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: ``none`` or ``bf16`` (bfloat16 autocast; CUDA only, a no-op on CPU).
+        channels_last: Use channels-last memory format (CUDA only, a no-op on CPU).
+        compile: Wrap the model in ``torch.compile``.
+        deterministic: Ask torch for deterministic algorithms (slower on CUDA).
+        label_smoothing: Cross-entropy label smoothing.
+    """
+
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    """Where and how a run records itself.
+
+    Attributes:
+        out_dir: Folder that holds run folders.
+        name: Run folder name; ``None`` uses ``<config name>-<date>-<time>``.
+        save_best: Also keep ``best.pt`` (the checkpoint of the best test accuracy).
+        tensorboard: Write TensorBoard scalars (needs the ``tensorboard`` package).
+        progress: Show a progress bar with ETA (``--quiet`` turns it off).
+    """
+
+    out_dir: str = "runs"
+    name: str | None = None
+    save_best: bool = True
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """A complete, resolved run config."""
+
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+_FREE_FORM = {"model.kwargs", "data.kwargs", "optim.param_groups"}
+_CONFIG_DIR = ("experiments", "configs")
+
+
+def _configs_root() -> Path:
+    return Path(str(resources.files("normlab").joinpath(*_CONFIG_DIR)))
+
+
+def list_configs() -> list[str]:
+    """Names of the configs shipped with normlab (the papers' recipes and tiny variants)."""
+    return sorted(p.stem for p in _configs_root().glob("*.yaml"))
+
+
+def find_config(spec: str | Path) -> Path:
+    """Resolve a config file path or the name of a shipped config.
+
+    Args:
+        spec: A path to a YAML file, or a shipped config name (with or without ``.yaml``).
+
+    Returns:
+        The path of the YAML file.
+
+    Raises:
+        ConfigError: Neither a file nor a shipped config has that name.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = _configs_root() / f"{path.name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = list_configs()
+    close = difflib.get_close_matches(str(spec), names, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"config {str(spec)!r} is neither a file nor a shipped config.{hint} "
+        f"Shipped configs: {', '.join(names)} (see `normlab list configs`)."
+    )
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"config inheritance cycle: {cycle}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    relative = path.parent / str(base)
+    base_path = relative if relative.is_file() else find_config(str(base))
+    return _merge(_read_yaml(base_path, (*chain, path)), raw)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif annotation is Any:
+        return value
+    elif origin is list and isinstance(value, (list, tuple)):
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict and isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    elif annotation is bool and isinstance(value, bool):
+        return value
+    elif annotation is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif annotation is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(
+        f"config key {key!r} expects {_type_name(annotation)}, got {value!r} "
+        f"({type(value).__name__})"
+    )
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    parent, _, leaf = key.rpartition(".")
+    where = f"under {parent!r}" if parent else "at the top level"
+    close = difflib.get_close_matches(leaf, valid, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(
+        f"unknown config key {key!r}.{hint} Valid keys {where}: {', '.join(sorted(valid))}."
+    )
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {prefix!r} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise _unknown_key(full, names)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, full)
+        else:
+            kwargs[key] = _coerce(value, hint, full)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a nested mapping against the schema and fill in defaults.
+
+    Raises:
+        ConfigError: An unknown key, or a value of the wrong type.
+    """
+    return _build(Config, raw, "")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as a nested mapping of plain YAML types."""
+    return dataclasses.asdict(config)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=0.05")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not a YAML scalar or list: {exc}") from exc
+    return key.split("."), value
+
+
+def _check_path(parts: list[str]) -> None:
+    cls: Any = Config
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth])
+        if prefix in _FREE_FORM:
+            return
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise _unknown_key(".".join(parts[: depth + 1]), names)
+        cls = typing.get_type_hints(cls)[part]
+        if not dataclasses.is_dataclass(cls) and depth < len(parts) - 1:
+            if ".".join(parts[: depth + 1]) not in _FREE_FORM:
+                raise ConfigError(f"config key {'.'.join(parts[: depth + 1])!r} has no sub-keys")
+    if dataclasses.is_dataclass(cls):
+        raise ConfigError(f"{'.'.join(parts)!r} is a section; set one of its keys instead")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config mapping (in order).
+
+    Args:
+        raw: Nested mapping as read from YAML (not modified).
+        overrides: Items such as ``"optim.lr=0.05"``; values are parsed as YAML.
+
+    Returns:
+        A new mapping with the overrides applied.
+
+    Raises:
+        ConfigError: Malformed item or unknown key (the message lists the valid keys).
+    """
+    out = _merge({}, raw)
+    for item in overrides:
+        parts, value = _parse_override(item)
+        _check_path(parts)
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(spec: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (file path or shipped name), resolve ``base:``, apply overrides.
+
+    Args:
+        spec: Path to a YAML file, or the name of a shipped config.
+        overrides: ``section.key=value`` items applied after the file (timm style).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: Missing config, invalid YAML, unknown key or wrong value type.
+    """
+    raw = _read_yaml(find_config(spec))
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)
+    Path(path).write_text(text)

@@ -1,0 +1,123 @@
+"""Build the pieces of a run from its config: device, data loaders, model, optimizer.
+
+Each builder reads one config section and calls the public API of the layer it needs
+(``normlab.data``, ``normlab.models``, ``normlab.param_groups``); those are imported when
+called, so ``normlab.train`` imports without them and tests can substitute builders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from normlab.train.config import DataConfig, ModelConfig, OptimConfig
+from normlab.train.errors import ConfigError
+from normlab.train.schedule import scaled_lr
+
+__all__ = ["Loaders", "build_loaders", "build_model", "build_optimizer", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA if available else CPU; otherwise ``torch.device(name)``, checked.
+
+    Raises:
+        ConfigError: Unknown device string, or CUDA requested but unavailable.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"train.device {name!r} is not a device: use auto, cpu or cuda[:N]"
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device is {name!r} but CUDA is not available; use train.device=cpu"
+        )
+    return device
+
+
+@dataclass
+class Loaders:
+    """Training and test loaders plus what the model needs to know about the data.
+
+    Attributes:
+        train: Shuffling, augmenting loader of training batches (``set_epoch`` aware).
+        test: Sequential, non-augmenting loader of the test split.
+        num_classes: Number of classes of the data set.
+        in_chans: Image channels.
+    """
+
+    train: Any
+    test: Any
+    num_classes: int
+    in_chans: int
+
+
+def build_loaders(data: DataConfig, *, seed: int, device: torch.device) -> Loaders:
+    """Read both splits with ``normlab.data.create_dataset`` and wrap them in device loaders."""
+    from normlab.data import DeviceLoader, create_dataset
+
+    train_set = create_dataset(data.name, root=data.root, split=data.train_split, **data.kwargs)
+    test_set = create_dataset(data.name, root=data.root, split=data.test_split, **data.kwargs)
+    train = DeviceLoader(
+        train_set,
+        data.batch_size,
+        train=True,
+        augment=data.augment,
+        drop_last=data.drop_last,
+        seed=seed,
+        device=device,
+    )
+    test = DeviceLoader(
+        test_set,
+        data.eval_batch_size or data.batch_size,
+        train=False,
+        augment=False,
+        drop_last=False,
+        seed=seed,
+        device=device,
+    )
+    return Loaders(train, test, train_set.num_classes, int(train_set.images.shape[1]))
+
+
+def build_model(model: ModelConfig, *, num_classes: int, in_chans: int) -> nn.Module:
+    """``normlab.models.create_model`` with the data's classes and channels as defaults."""
+    from normlab.models import create_model
+
+    return create_model(
+        model.name,
+        num_classes=model.num_classes or num_classes,
+        in_chans=model.in_chans or in_chans,
+        norm=model.norm,
+        **model.kwargs,
+    )
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> torch.optim.SGD:
+    """SGD over ``normlab.param_groups`` (per-role lr and weight decay, e.g. BIN gates).
+
+    The learning rate is scaled linearly with the batch size when
+    ``optim.lr_reference_batch`` is set. Each group's starting lr is kept as
+    ``initial_lr``, which the schedule multiplies.
+    """
+    import normlab
+
+    if optim.name != "sgd":
+        raise ConfigError(f"optim.name {optim.name!r} is not supported; use sgd")
+    lr = scaled_lr(optim, batch_size)
+    groups = normlab.param_groups(model, lr, optim.weight_decay, **optim.param_groups)
+    opt = torch.optim.SGD(
+        groups,
+        lr=lr,
+        momentum=optim.momentum,
+        nesterov=optim.nesterov,
+        weight_decay=optim.weight_decay,
+    )
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]
+    return opt

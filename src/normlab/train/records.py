@@ -1,0 +1,127 @@
+"""What a run folder records besides checkpoints: metrics rows, summary, environment.
+
+- ``metrics.jsonl``: one JSON object per finished epoch (``epoch``, ``lr``,
+  ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``test_acc5``, ``time_s``).
+  On resume, rows of epochs newer than the checkpoint are dropped, so every row describes
+  a state that a checkpoint reached.
+- ``summary.json``: final and best accuracy, status, time and environment; rewritten
+  atomically after every epoch, so it is current even after a crash.
+- Optional TensorBoard scalars (``run.tensorboard: true``; needs the ``tensorboard`` package).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normlab.train.errors import RunDirError
+
+__all__ = ["MetricsLog", "TensorBoardLog", "environment", "write_json"]
+
+METRICS, SUMMARY = "metrics.jsonl", "summary.json"
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically (temporary file then ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` of a run folder."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / METRICS
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows written so far."""
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one epoch's row and flush it to disk."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate(self, last_epoch: int) -> None:
+        """Drop rows of epochs after ``last_epoch`` (used when resuming)."""
+        keep = [r for r in self.rows() if r["epoch"] <= last_epoch]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
+
+
+class TensorBoardLog:
+    """Scalars to TensorBoard, if requested; raises a clear error when it is not installed."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool) -> None:
+        self._writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise RunDirError(
+                "run.tensorboard is true but TensorBoard is not installed: "
+                "`pip install normlab[tensorboard]`, or set run.tensorboard=false"
+            ) from exc
+        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Write every numeric field of an epoch row at step ``epoch``."""
+        if self._writer is None:
+            return
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self._writer.add_scalar(key, value, row["epoch"])
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Close the writer."""
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, device and source commit, for ``summary.json``."""
+    try:
+        normlab_version = metadata.version("normlab")
+    except metadata.PackageNotFoundError:
+        normlab_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "normlab_version": normlab_version,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "device_name": name or platform.machine(),
+        "num_threads": torch.get_num_threads(),
+        "git_commit": _git_commit(),
+    }

@@ -1,0 +1,25 @@
+"""Fixtures of the training-engine tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from normlab.train import config_from_dict
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    def make(**sections):
+        raw = {
+            "model": {"name": "tiny", "norm": "bin"},
+            "data": {"batch_size": 16},
+            "optim": {"lr": 0.1, "weight_decay": 5e-4},
+            "schedule": {"name": "multistep", "milestones": [1], "gamma": 0.5},
+            "train": {"epochs": 2, "device": "cpu", "seed": 3},
+            "run": {"out_dir": str(tmp_path / "runs"), "name": "tiny", "progress": False},
+        }
+        for key, value in sections.items():
+            raw[key] = {**raw.get(key, {}), **value}
+        return config_from_dict(raw)
+
+    return make

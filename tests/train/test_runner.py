@@ -1,0 +1,135 @@
+"""Run folders, exact resume, crash recovery, NaN stop and evaluation, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from normlab.train import (
+    CheckpointError,
+    NonFiniteLossError,
+    RunDirError,
+    evaluate_run,
+    load_checkpoint,
+    resume,
+    train,
+)
+
+from .tiny import tiny_builders
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_run_folder_is_complete(tiny_config):
+    summary = train(tiny_config(), builders=tiny_builders(), log=None)
+    run = tiny_config().run
+    folder = Path(run.out_dir) / run.name
+    names = {p.name for p in folder.iterdir()}
+    expected = {"config.yaml", "metrics.jsonl", "summary.json", "last.pt", "prev.pt", "best.pt"}
+    assert expected <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "time_s"):
+        assert key in rows[0]
+    assert rows[0]["lr"] == pytest.approx(0.1) and rows[1]["lr"] == pytest.approx(0.05)
+    saved = json.loads((folder / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert saved["status"] == "completed" and saved["epochs_done"] == 2
+    assert saved["final_acc"] == rows[-1]["test_acc"]
+    assert saved["best_acc"] == max(r["test_acc"] for r in rows)
+    for key in ("torch_version", "device", "git_commit", "time_s"):
+        assert key in saved
+    assert load_checkpoint(folder / "best.pt")["epoch"] == saved["best_epoch"]
+
+
+def test_resume_reproduces_weights_exactly(tiny_config, tmp_path):
+    straight = tiny_config(run={"name": "straight"})
+    train(straight, builders=tiny_builders(), log=None)
+    half = tiny_config(run={"name": "half"}, train={"epochs": 1})
+    train(half, builders=tiny_builders(), log=None)
+    folder = tmp_path / "runs" / "half"
+    resume(folder, overrides=["train.epochs=2"], builders=tiny_builders(), log=None)
+    _assert_same(_weights(tmp_path / "runs/straight/last.pt"), _weights(folder / "last.pt"))
+    a = load_checkpoint(tmp_path / "runs/straight/last.pt")["optimizer"]["state"]
+    b = load_checkpoint(folder / "last.pt")["optimizer"]["state"]
+    for key in a:
+        assert torch.equal(a[key]["momentum_buffer"], b[key]["momentum_buffer"])
+    rows = (folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_interrupted_run_resumes_to_same_weights(tiny_config, tmp_path):
+    train(tiny_config(run={"name": "straight"}), builders=tiny_builders(), log=None)
+
+    def crash(info):
+        if info.epoch == 1 and info.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny_config(run={"name": "crashed"}),
+            builders=tiny_builders(),
+            callbacks=[crash],
+            log=None,
+        )
+    folder = tmp_path / "runs" / "crashed"
+    assert json.loads((folder / "summary.json").read_text())["status"] == "interrupted"
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 1
+    resume(folder, builders=tiny_builders(), log=None)
+    _assert_same(_weights(tmp_path / "runs/straight/last.pt"), _weights(folder / "last.pt"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint") as info:
+        train(tiny_config(), builders=tiny_builders(poison=(1, 2)), log=None)
+    assert (info.value.epoch, info.value.step) == (1, 2)
+    folder = tmp_path / "runs" / "tiny"
+    ckpt = load_checkpoint(folder / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "stopped_nonfinite_loss"
+    assert "last.pt" in summary["message"]
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_config):
+    train(tiny_config(train={"epochs": 1}), builders=tiny_builders(), log=None)
+    with pytest.raises(RunDirError, match="--resume"):
+        train(tiny_config(train={"epochs": 1}), builders=tiny_builders(), log=None)
+
+
+def test_resume_from_corrupt_last_names_previous(tiny_config, tmp_path):
+    train(tiny_config(), builders=tiny_builders(), log=None)
+    folder = tmp_path / "runs" / "tiny"
+    data = (folder / "last.pt").read_bytes()
+    (folder / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="prev.pt"):
+        resume(folder, builders=tiny_builders(), log=None)
+    summary = resume(folder / "prev.pt", builders=tiny_builders(), log=None)
+    assert summary["epochs_done"] == 2
+
+
+def test_evaluate_run_with_recomputed_stats(tiny_config, tmp_path):
+    train(tiny_config(model={"norm": "bn"}), builders=tiny_builders(), log=None)
+    folder = tmp_path / "runs" / "tiny"
+    result = evaluate_run(folder, builders=tiny_builders())
+    metrics = [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert result["test_acc"] == pytest.approx(metrics[-1]["test_acc"])
+    again = evaluate_run(
+        folder, checkpoint="best.pt", recompute_stats=100, builders=tiny_builders()
+    )
+    assert again["num_batches"] == 8
+    assert 0 <= again["recomputed"]["test_acc"] <= 100
