@@ -1,0 +1,160 @@
+"""Reader for folders of images with one sub-folder per class.
+
+Layouts (``<split>`` is optional, ``<domain>`` is for multi-domain sets such as Office-Home)::
+
+    root/<class>/<image>                    read_image_folder(root)
+    root/<split>/<class>/<image>            read_image_folder(root, "train")   # ImageNet-style
+    root/<domain>/<class>/<image>           read_image_folder(root, domain="Art")
+    root/<domain>/<split>/<class>/<image>   read_image_folder(root, "train", domain="Art")
+
+Every image is loaded into memory at ``size`` × ``size``, so this suits data sets of up to a
+few hundred thousand small images (Office-Home, ImageNet subsets, downsampled ImageNet).
+Pillow is needed (``pip install normlab[images]``) and imported only when this reader runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import CorruptDatasetError, MissingDatasetError
+from .image_data import ImageData
+
+__all__ = ["read_image_folder", "IMAGE_EXTENSIONS", "IMAGENET_STATS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+"""File endings (case-insensitive) read as images; other files in class folders are skipped."""
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+"""Per-channel (mean, std) of ImageNet, the default normalization of image folders."""
+
+_HINT = "Pass the folder that holds one sub-folder of images per class as root"
+
+
+def _import_pillow():
+    try:
+        from PIL import Image, ImageOps
+    except ImportError as error:
+        raise ImportError(
+            "reading image folders needs Pillow; install it with `pip install normlab[images]`"
+        ) from error
+    return Image, ImageOps
+
+
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _resolve_folder(root: Path, split: str, domain: str | None) -> Path:
+    base = root / domain if domain is not None else root
+    if not base.is_dir():
+        known = ", ".join(_subfolders(root)) if root.is_dir() else "none, root does not exist"
+        raise MissingDatasetError(
+            base, f"no such folder (folders in root: {known})", "Pass an existing root and domain"
+        )
+    if split == "all":
+        return base
+    folder = base / split
+    if not folder.is_dir():
+        raise MissingDatasetError(
+            folder,
+            f"no folder for split {split!r}",
+            "Pass split='all' to read the folder itself as one split (class per sub-folder)",
+        )
+    return folder
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
+    image_module, image_ops = _import_pillow()
+    try:
+        with image_module.open(path) as image:
+            fitted = image_ops.fit(
+                image.convert(mode), (size, size), method=image_module.Resampling.BILINEAR
+            )
+    except OSError as error:
+        raise CorruptDatasetError(
+            path, f"cannot decode the image ({error})", "Remove or replace the file"
+        ) from error
+    return np.asarray(fitted, dtype=np.uint8).reshape(size, size, -1)
+
+
+def read_image_folder(
+    root: str | Path,
+    split: str = "all",
+    *,
+    size: int = 32,
+    domain: str | None = None,
+    classes: Sequence[str] | None = None,
+    channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ImageData:
+    """Read a folder of images with one sub-folder per class.
+
+    Each image is converted to RGB (``channels=3``) or grey (``channels=1``), its central
+    square (the largest with the image's aspect ratio) is cut out and resized to ``size``
+    × ``size`` with bilinear filtering; images already of that size are kept exactly.
+
+    Args:
+        root: The data set's folder.
+        split: Sub-folder of the split (e.g. ``"train"``, ``"val"``), or ``"all"`` to read
+            the folder itself.
+        size: Output height and width.
+        domain: Sub-folder of the domain for multi-domain sets (Office-Home: ``"Art"``,
+            ``"Clipart"``, ``"Product"``, ``"Real World"``).
+        classes: The class list, fixing the label order; pass the training split's
+            ``classes`` when reading another split or domain so labels agree. Default: the
+            sorted sub-folder names.
+        channels: 3 (RGB) or 1 (grey).
+        mean: Normalization mean per channel; default :data:`IMAGENET_STATS` (its
+            average for grey images).
+        std: Normalization std per channel; default as for ``mean``.
+
+    Returns:
+        The images, labelled by class sub-folder.
+
+    Raises:
+        MissingDatasetError: If a folder is missing or holds no images.
+        CorruptDatasetError: If an image cannot be decoded.
+        ValueError: If a class sub-folder is not in ``classes``.
+        ImportError: If Pillow is not installed.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    root = Path(root)
+    folder = _resolve_folder(root, split, domain)
+    found = _subfolders(folder)
+    names = list(classes) if classes is not None else found
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise ValueError(f"{folder}: class folders {unknown} are not in the given classes")
+    files = [
+        (path, label) for label, name in enumerate(names) for path in _image_files(folder / name)
+    ]
+    if not files:
+        raise MissingDatasetError(
+            folder, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders", _HINT
+        )
+    mode = "RGB" if channels == 3 else "L"
+    images = np.stack([_load_image(path, size, mode) for path, _ in files])
+    default_mean, default_std = IMAGENET_STATS
+    if channels == 1:
+        default_mean, default_std = (sum(default_mean) / 3,), (sum(default_std) / 3,)
+    parts = [p for p in (root.name, domain, None if split == "all" else split) if p]
+    return ImageData(
+        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        labels=torch.tensor([label for _, label in files], dtype=torch.int64),
+        num_classes=len(names),
+        classes=names,
+        mean=tuple(mean) if mean is not None else default_mean,
+        std=tuple(std) if std is not None else default_std,
+        name="imagefolder:" + "/".join(parts),
+    )

@@ -1,0 +1,151 @@
+"""Device-resident batch loader with seeded shuffling and batched augmentation.
+
+The whole data set lives on the training device as uint8; each batch is gathered, augmented
+and normalized there, as in airbench. An epoch's order and augmentation are a pure function
+of ``(seed, epoch)``, so a run resumed at epoch ``e`` sees exactly the batches it would have
+seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .augment import crop_flip, draw_crop_flip
+from .image_data import ImageData
+from .seeding import seeded_generator
+
+__all__ = ["DeviceLoader", "Normalizer", "EpochLoader"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Normalizer:
+    """Converts uint8 images to normalized float32: ``(x / 255 - mean) / std`` per channel.
+
+    Args:
+        mean: Per-channel mean in [0, 1] units.
+        std: Per-channel standard deviation in [0, 1] units.
+        device: Device of the batches.
+
+    Shape:
+        (B, C, H, W) uint8 → (B, C, H, W) float32 (memory format kept).
+    """
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], device: torch.device | str
+    ) -> None:
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, images.to(torch.float32), self.scale)
+
+
+class EpochLoader:
+    """Base of the loaders: epoch bookkeeping shared by every loader.
+
+    Each pass over the loader uses the current epoch and then advances it by one;
+    :meth:`set_epoch` selects the epoch of the next pass (e.g. when resuming).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass produce the batches of ``epoch``."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self._batches(seeded_generator(self.seed, epoch))
+
+    def _batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        raise NotImplementedError
+
+
+class DeviceLoader(EpochLoader):
+    """Batches of an :class:`ImageData` kept on the training device.
+
+    Args:
+        data: The data set; its uint8 images are copied to ``device`` once.
+        batch_size: Samples per batch.
+        train: Training mode; sets the defaults of ``augment``, ``drop_last`` and ``shuffle``.
+        augment: Random crop with ``padding`` zero pixels per side and, with ``flip``, a
+            random horizontal flip, per sample. Default: ``train``.
+        drop_last: Drop the last incomplete batch. Default: ``train``.
+        shuffle: Visit samples in a random order. Default: ``train``.
+        seed: Seed of shuffling and augmentation; with the epoch it fixes every batch.
+        device: Device holding the data and the batches.
+        channels_last: Return batches in channels-last memory format.
+        padding: Zero padding of the random crop.
+        flip: Whether augmentation includes the horizontal flip.
+
+    Yields:
+        ``(x, y)``: normalized float32 images (B, C, H, W) and int64 labels (B,), on
+        ``device``.
+    """
+
+    def __init__(
+        self,
+        data: ImageData,
+        batch_size: int,
+        *,
+        train: bool,
+        augment: bool | None = None,
+        drop_last: bool | None = None,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        padding: int = 4,
+        flip: bool = True,
+    ) -> None:
+        super().__init__(seed)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.data = data
+        self.batch_size = batch_size
+        self.augment = train if augment is None else augment
+        self.drop_last = train if drop_last is None else drop_last
+        self.shuffle = train if shuffle is None else shuffle
+        self.channels_last = channels_last
+        self.padding = padding
+        self.flip = flip
+        if self.drop_last and len(data) < batch_size:
+            raise ValueError(
+                f"{data.name or 'the data set'} has {len(data)} samples, fewer than one batch of "
+                f"{batch_size}, and drop_last is set: no batch would be produced"
+            )
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.normalize = Normalizer(data.mean, data.std, self.device)
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        n = len(self.data)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        offsets, flips = draw_crop_flip(n, self.padding, generator, self.flip)
+        order, offsets, flips = (t.to(self.device) for t in (order, offsets, flips))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = self.images[index]
+            if self.augment:
+                images = crop_flip(images, offsets[index], flips[index], self.padding)
+            yield self.format(images), self.labels[index]
+
+    def format(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalize a uint8 batch and give it the loader's memory format."""
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return self.normalize(images).contiguous(memory_format=memory_format)

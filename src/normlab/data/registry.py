@@ -1,0 +1,131 @@
+"""Data sets by name: :func:`create_dataset`, :func:`list_datasets`, :func:`dataset_info`.
+
+Names, whether they read from ``root``, their splits and their reader options:
+
+- ``cifar10`` (root): train, test.
+- ``cifar100`` (root): train, test; ``labels`` ("fine" default, or "coarse").
+- ``mnist``, ``fashion_mnist`` (root): train, test; ``size``, ``channels`` (``size=32,
+  channels=3`` for mixing with CIFAR).
+- ``imagefolder`` (root): a split sub-folder name (e.g. "train", "val") or "all" for the
+  folder itself; ``size``, ``domain``, ``classes``, ``channels``, ``mean``, ``std``.
+- ``digits`` (built in): train, test, test_unseen_styles; ``style``, ``textures``,
+  ``size``, ``seed``.
+- ``synthetic`` (built in): train, test; ``num_classes``, ``size``, ``channels``,
+  ``train_size``, ``test_size``, ``noise``, ``seed``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cifar import read_cifar10, read_cifar100
+from .digits import DIGITS_SPLITS, load_digits_data
+from .image_data import ImageData
+from .image_folder import read_image_folder
+from .mnist import read_fashion_mnist, read_mnist
+from .synthetic import SYNTHETIC_SPLITS, make_synthetic
+
+__all__ = ["DatasetInfo", "create_dataset", "list_datasets", "dataset_info"]
+
+_TRAIN_TEST = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the registry knows about one data set.
+
+    Attributes:
+        name: Registry name.
+        reader: The function building it; called as ``reader(root, split, **options)`` when
+            ``needs_root``, else ``reader(split, **options)``.
+        needs_root: Whether the data are read from a local path.
+        splits: Valid split names; ``None`` when any sub-folder name is valid.
+        description: One line for listings.
+    """
+
+    name: str
+    reader: Callable[..., ImageData]
+    needs_root: bool
+    splits: tuple[str, ...] | None
+    description: str
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """Keyword options the reader accepts besides root and split."""
+        parameters = inspect.signature(self.reader).parameters.values()
+        return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+_DATASETS = {
+    info.name: info
+    for info in (
+        DatasetInfo("cifar10", read_cifar10, True, _TRAIN_TEST, "CIFAR-10 python archive"),
+        DatasetInfo("cifar100", read_cifar100, True, _TRAIN_TEST, "CIFAR-100 python archive"),
+        DatasetInfo("mnist", read_mnist, True, _TRAIN_TEST, "MNIST idx files"),
+        DatasetInfo(
+            "fashion_mnist", read_fashion_mnist, True, _TRAIN_TEST, "Fashion-MNIST idx files"
+        ),
+        DatasetInfo(
+            "imagefolder", read_image_folder, True, None, "class-per-folder images (Pillow)"
+        ),
+        DatasetInfo(
+            "digits", load_digits_data, False, DIGITS_SPLITS, "built-in scikit-learn digits"
+        ),
+        DatasetInfo(
+            "synthetic", make_synthetic, False, SYNTHETIC_SPLITS, "procedural class patterns"
+        ),
+    )
+}
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`create_dataset`, sorted."""
+    return sorted(_DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of ``name`` (case-insensitive; ``-`` may stand for ``_``).
+
+    Raises:
+        ValueError: For an unknown name, listing the valid ones.
+    """
+    key = name.lower().replace("-", "_")
+    if key not in _DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(list_datasets())}")
+    return _DATASETS[key]
+
+
+def create_dataset(
+    name: str, root: str | Path | None = None, split: str = "train", **options: object
+) -> ImageData:
+    """Build a data set by name.
+
+    Args:
+        name: One of :func:`list_datasets` (see the module docstring for splits/options).
+        root: Local path of the data; required by readers, refused by built-in data.
+        split: Split name.
+        **options: Reader options, e.g. ``size=32, channels=3`` for MNIST or
+            ``style=True`` for digits.
+
+    Raises:
+        ValueError: For an unknown name, split or option, or a root given to built-in
+            data or missing for a reader.
+        MissingDatasetError, CorruptDatasetError: From the readers.
+    """
+    info = dataset_info(name)
+    if info.splits is not None and split not in info.splits:
+        raise ValueError(f"unknown {info.name} split {split!r}; valid: {', '.join(info.splits)}")
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        valid = ", ".join(info.options) or "none"
+        raise ValueError(f"unknown {info.name} option(s) {unknown}; valid: {valid}")
+    if info.needs_root:
+        if root is None:
+            raise ValueError(f"data set {info.name!r} is read from disk: pass root=<its folder>")
+        return info.reader(root, split, **options)
+    if root is not None:
+        raise ValueError(f"data set {info.name!r} is built in and takes no root (got {root!r})")
+    return info.reader(split, **options)
