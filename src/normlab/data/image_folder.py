@@ -67,6 +67,8 @@ def _resolve_folder(root: Path, split: str, domain: str | None) -> Path:
 
 
 def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
     return sorted(
         p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
@@ -112,7 +114,7 @@ def read_image_folder(
             ``"Clipart"``, ``"Product"``, ``"Real World"``).
         classes: The class list, fixing the label order; pass the training split's
             ``classes`` when reading another split or domain so labels agree. Default: the
-            sorted sub-folder names.
+            sorted sub-folder names. A listed class without a folder has no images.
         channels: 3 (RGB) or 1 (grey).
         mean: Normalization mean per channel; default :data:`IMAGENET_STATS` (its
             average for grey images).
