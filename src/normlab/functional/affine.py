@@ -8,7 +8,8 @@ evaluated on the per-(n, c) moments of ``x`` (DESIGN.md). Two backends:
 - ``fused``: :class:`AffineNormFunction`, a custom autograd Function that saves only ``x``
   and (N, C) tensors. Backward computes ``S1 = sum(g)`` and ``S2 = sum(g * x)`` per (n, c),
   back-propagates ``(S2, S1)`` through the small (N, C) coefficient graph with
-  :func:`torch.autograd.grad`, and writes ``dx = A*g + P*x + Q`` with
+  :func:`torch.autograd.grad` (the graph is retained, so an outer ``retain_graph=True``
+  backward may run again), and writes ``dx = A*g + P*x + Q`` with
   ``P = 2*dvar/M`` and ``Q = dmean/M - P*mean`` (M = elements per (n, c)).
 """
 
@@ -69,7 +70,6 @@ class AffineNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
         mean, var, leaves, scale, shift = ctx.graph
-        del ctx.graph
         dtype = scale.dtype
         s1 = _sum_spatial(grad_y, dtype)
         s2 = _sum_spatial(grad_y * x, dtype)
@@ -77,7 +77,11 @@ class AffineNormFunction(torch.autograd.Function):
         inputs = [t for t in (mean, var, *leaves) if t is not None and t.requires_grad]
         grads = iter(
             torch.autograd.grad(
-                [o for o, _ in outputs], inputs, [g for _, g in outputs], allow_unused=True
+                [o for o, _ in outputs],
+                inputs,
+                [g for _, g in outputs],
+                allow_unused=True,
+                retain_graph=True,
             )
             if outputs and inputs
             else [None] * len(inputs)

@@ -62,11 +62,11 @@ class BatchInstanceNorm(BatchStatistics, NormBase):
         return {**super().coefficient_params(), "gate": self.gate}
 
     def normalizer(self, mean, var, params, count):
-        check_instance_statistics(self, count)
         rho = params["gate"]
         batch_scale, batch_shift = standardize(
             *self.batch_statistics(mean, var, count), self.eps
         )
+        check_instance_statistics(self, count)
         instance_scale, instance_shift = standardize(mean, var, self.eps)
         return (
             rho * batch_scale + (1 - rho) * instance_scale,

@@ -40,8 +40,8 @@ def standardize(
 
 
 def check_instance_statistics(layer: NormBase, count: int) -> None:
-    """Instance statistics need more than one element per (n, c)."""
-    if count <= 1:
+    """In training, instance statistics need more than one element per (n, c) (as torch)."""
+    if layer.training and count <= 1:
         raise ValueError(
             f"{type(layer).__name__}: instance statistics need more than 1 spatial element "
             "per channel, got 1; feed an (N, C, L) or larger input, or use bn/ln/gn"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from normlab.functional import group_moments, layer_moments
-from normlab.norms.base import NormBase
+from normlab.norms.base import NormBase, NormInputError
 from normlab.norms.batch_stats import BatchStatistics
 from normlab.norms.standard import default_num_groups, standardize
 
@@ -137,11 +137,6 @@ class SwitchNorm(BatchStatistics, NormBase):
         self, mean: torch.Tensor, var: torch.Tensor, count: int
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(mean, var) of each normalizer in ``self.normalizers``, broadcastable to (N, C)."""
-        if "in" in self.normalizers and count <= 1:
-            raise ValueError(
-                f"{type(self).__name__}: IN statistics are undefined for inputs with one "
-                "element per channel, e.g. (N, C); use normalizers=('ln', 'bn')"
-            )
         if self.unbiased_instance_var and count > 1:
             var = var * (count / (count - 1))
         stats = {
@@ -158,6 +153,14 @@ class SwitchNorm(BatchStatistics, NormBase):
         mixed_mean = sum(mean_ratio[i] * m for i, (m, _) in enumerate(parts))
         mixed_var = sum(var_ratio[i] * v for i, (_, v) in enumerate(parts))
         return standardize(mixed_mean, mixed_var, self.eps)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        super().check_input(x)
+        if x.dim() == 2 and "in" in self.normalizers:
+            raise NormInputError(
+                f"{type(self).__name__}: IN statistics are undefined for (N, C) inputs; "
+                "use normalizers=('ln', 'bn') (the 1d default)"
+            )
 
     @torch.no_grad()
     def harden(self) -> None:
