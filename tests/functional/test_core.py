@@ -1,0 +1,103 @@
+"""The functional core: moments, exact pooling, backend selection, the affine op."""
+
+import pytest
+import torch
+
+from normlab import functional as F
+
+
+def x4():
+    return torch.randn(6, 4, 3, 5, dtype=torch.float64) * 3 + 10
+
+
+def test_instance_moments_are_biased_spatial_moments():
+    x = x4()
+    mean, var = F.instance_moments(x)
+    torch.testing.assert_close(mean, x.mean((2, 3)))
+    torch.testing.assert_close(var, x.var((2, 3), correction=0))
+    assert F.instance_moments(x, with_var=False)[1] is None
+    half_mean, half_var = F.instance_moments(x.half())
+    assert half_mean.dtype == torch.float32 and half_var.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "pool, axes",
+    [
+        (F.batch_moments, (0, 2, 3)),
+        (F.layer_moments, (1, 2, 3)),
+    ],
+)
+def test_pooling_equals_direct_statistics(pool, axes):
+    x = x4()
+    mean, var = pool(*F.instance_moments(x))
+    torch.testing.assert_close(mean.squeeze(), x.mean(axes))
+    torch.testing.assert_close(var.squeeze(), x.var(axes, correction=0))
+
+
+def test_group_and_virtual_batch_pooling_equal_direct_statistics():
+    x = x4()
+    mean, var = F.group_moments(*F.instance_moments(x), num_groups=2)
+    grouped = x.reshape(6, 2, -1)
+    torch.testing.assert_close(mean[:, ::2], grouped.mean(2))
+    torch.testing.assert_close(var[:, 1::2], grouped.var(2, correction=0))
+    mean, var = F.virtual_batch_moments(*F.instance_moments(x), virtual_batch_size=4)
+    for rows in (slice(0, 4), slice(4, 6)):
+        torch.testing.assert_close(mean[rows][0], x[rows].mean((0, 2, 3)))
+        torch.testing.assert_close(var[rows][-1], x[rows].var((0, 2, 3), correction=0))
+
+
+def test_pooling_is_stable_for_large_offsets():
+    x = torch.randn(8, 3, 16, 16) + 1e4
+    _, var = F.batch_moments(*F.instance_moments(x))
+    torch.testing.assert_close(var.squeeze(), x.double().var((0, 2, 3), correction=0).float(),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_backend_context_manager_restores_the_default():
+    assert F.get_backend() == "fused"
+    with F.use_backend("reference"):
+        assert F.get_backend() == "reference"
+        assert F.resolve_backend(None) == "reference"
+        assert F.resolve_backend("fused") == "fused"
+    assert F.get_backend() == "fused"
+    with pytest.raises(ValueError, match="valid backends: reference, fused"):
+        F.set_backend("triton-cpu")
+
+
+def instance_coef(mean, var, weight):
+    scale = weight * torch.rsqrt(var + 1e-5)
+    return scale, -mean * scale
+
+
+@pytest.mark.parametrize("backend", F.BACKENDS)
+def test_affine_norm_matches_formula_and_saves_only_x_and_small_tensors(backend):
+    x = x4().requires_grad_()
+    weight = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = F.affine_norm(x, instance_coef, (weight,), backend=backend)
+    expected = (x - x.mean((2, 3), keepdim=True)) / torch.sqrt(
+        x.var((2, 3), correction=0, keepdim=True) + 1e-5
+    ) * weight.view(1, -1, 1, 1)
+    torch.testing.assert_close(y, expected)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, weight), g)
+    want = torch.autograd.grad(expected, (x, weight), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    if backend == "fused":
+        assert sum(n == x.numel() for n in saved) == 1
+
+
+def test_affine_norm_without_grad_skips_the_function():
+    x = x4()
+    weight = torch.ones(4, dtype=torch.float64)
+    with torch.no_grad():
+        y = F.affine_norm(x, instance_coef, (weight,))
+    assert y.grad_fn is None
+    torch.testing.assert_close(y.mean((2, 3)), torch.zeros(6, 4, dtype=torch.float64))
