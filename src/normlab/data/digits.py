@@ -17,6 +17,7 @@ Normalization statistics are those of the ``"train"`` split of the same configur
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -37,11 +38,14 @@ _TEST_FRACTION = 0.25
 _SPLIT_SEED = 1797
 
 
+@functools.lru_cache(maxsize=1)
 def _load_scans() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return bunch.images.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
+    scans, labels = bunch.images.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
+    scans.flags.writeable = labels.flags.writeable = False
+    return scans, labels
 
 
 def digits_split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +66,10 @@ def digits_split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _masks(scans: np.ndarray, size: int) -> torch.Tensor:
     upsampled = F.interpolate(
-        torch.from_numpy(scans)[:, None], size=(size, size), mode="bicubic", align_corners=False
+        torch.from_numpy(scans)[:, None],
+        size=(size, size),
+        mode="bicubic",
+        align_corners=False,
     )
     return upsampled[:, 0].clamp_(0.0, 1.0)
 

@@ -8,7 +8,7 @@ trained on seen styles can be tested on styles it has never met.
 Per image, :func:`render_styles` draws: a foreground and a background colour (hue from the
 set's range, saturation 0.4-1, one of the two light, value 0.7-1, the other dark, value
 0.05-0.35, at random), an independent texture crop for each of the two layers with a random
-strength, and a global contrast factor 0.6-1. The light/dark pairing keeps every digit
+strength, and a global contrast factor 0.7-1. The light/dark pairing keeps every digit
 legible.
 """
 
@@ -103,9 +103,8 @@ def render_styles(
         strength = _uniform(n, 0.05, 0.2, generator)[:, None, None, None]
         crops = _texture_crops(bank, n, max(height, width), generator)[:, None, :height, :width]
         layers.append(colour[:, :, None, None] + strength * crops)
-    weight = masks[:, None]
-    images = layers[0] * weight + layers[1] * (1.0 - weight)
-    contrast = _uniform(n, 0.6, 1.0, generator)[:, None, None, None]
+    images = torch.lerp(layers[1], layers[0], masks[:, None])
+    contrast = _uniform(n, 0.7, 1.0, generator)[:, None, None, None]
     centre = images.mean(dim=(1, 2, 3), keepdim=True)
-    images = centre + contrast * (images - centre)
+    images = torch.addcmul(centre * (1.0 - contrast), images, contrast)
     return images.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
