@@ -20,7 +20,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from normlab.functional.backends import resolve_backend
-from normlab.functional.moments import instance_moments, spatial_dims, spatial_size
+from normlab.functional.moments import (
+    instance_moments,
+    instance_moments_nograd,
+    spatial_dims,
+    spatial_size,
+)
 
 __all__ = ["AffineNormFunction", "CoefficientFn", "affine_norm", "apply_affine"]
 
@@ -42,6 +47,15 @@ def _sum_spatial(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.sum(spatial_dims(t), dtype=dtype)
 
 
+def _dot_spatial(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``sum(a * b)`` over the spatial axes per (n, c), without materializing ``a * b``
+    when both are contiguous (a batched dot product)."""
+    if a.is_contiguous() and b.is_contiguous() and a.dtype == b.dtype == dtype:
+        n, c = a.shape[:2]
+        return torch.einsum("ns,ns->n", a.reshape(n * c, -1), b.reshape(n * c, -1)).view(n, c)
+    return _sum_spatial(a * b, dtype)
+
+
 class AffineNormFunction(torch.autograd.Function):
     """Fused forward/backward of ``A(mean, var, params) * x + B(mean, var, params)``.
 
@@ -50,7 +64,7 @@ class AffineNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, coef, with_var, *params):
-        mean, var = instance_moments(x, with_var=with_var)
+        mean, var = instance_moments_nograd(x, with_var=with_var)
         grad_x = ctx.needs_input_grad[0]
         mean = mean.requires_grad_(grad_x)
         if var is not None:
@@ -72,7 +86,7 @@ class AffineNormFunction(torch.autograd.Function):
         mean, var, leaves, scale, shift = ctx.graph
         dtype = scale.dtype
         s1 = _sum_spatial(grad_y, dtype)
-        s2 = _sum_spatial(grad_y * x, dtype)
+        s2 = _dot_spatial(grad_y, x, dtype)
         outputs = [(o, g) for o, g in ((scale, s2), (shift, s1)) if o.requires_grad]
         inputs = [t for t in (mean, var, *leaves) if t is not None and t.requires_grad]
         grads = iter(
@@ -104,6 +118,12 @@ class AffineNormFunction(torch.autograd.Function):
 
 def _reference(x, coef, with_var, params):
     mean, var = instance_moments(x, with_var=with_var)
+    scale, shift = coef(mean, var, *params)
+    return apply_affine(x, scale, shift)
+
+
+def _without_grad(x, coef, with_var, params):
+    mean, var = instance_moments_nograd(x, with_var=with_var)
     scale, shift = coef(mean, var, *params)
     return apply_affine(x, scale, shift)
 
@@ -142,10 +162,8 @@ def affine_norm(
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p is not None and p.requires_grad for p in params)
     )
-    if (
-        resolve_backend(backend) == "reference"
-        or torch.compiler.is_compiling()
-        or not needs_grad
-    ):
+    if resolve_backend(backend) == "reference" or torch.compiler.is_compiling():
         return _reference(x, coef, with_var, params)
+    if not needs_grad:
+        return _without_grad(x, coef, with_var, params)
     return AffineNormFunction.apply(x, coef, with_var, *params)
