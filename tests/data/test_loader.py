@@ -104,6 +104,19 @@ def test_same_seed_and_epoch_give_the_same_batches():
     assert not torch.equal(_epoch(other)[1], epoch0[1])
 
 
+def test_state_dict_restores_the_position():
+    data = _indexed_data(n=16)
+    loader = DeviceLoader(data, 4, train=True, seed=5)
+    _epoch(loader)
+    state = loader.state_dict()
+    expected = _epoch(loader)
+    restored = DeviceLoader(data, 4, train=True, seed=5)
+    restored.load_state_dict(state)
+    assert torch.equal(_epoch(restored)[0], expected[0])
+    with pytest.raises(ValueError, match="seed 5"):
+        DeviceLoader(data, 4, train=True, seed=6).load_state_dict(state)
+
+
 def test_channels_last_and_normalizer():
     data = _indexed_data()
     x, _ = next(iter(DeviceLoader(data, 4, train=True, channels_last=True)))

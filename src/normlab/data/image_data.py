@@ -29,7 +29,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageData:
     """A labelled image data set held in memory as uint8 tensors.
 
@@ -45,6 +45,9 @@ class ImageData:
             split's statistics, so every split of a data set is normalized alike).
         std: Per-channel standard deviation in [0, 1] units, all positive.
         name: Human-readable name, e.g. ``"cifar10/train"``.
+
+    Instances compare by identity (tensors have no single truth value); compare the
+    fields with ``torch.equal`` to compare contents.
 
     Shape:
         images: (N, C, H, W); labels: (N,).

@@ -62,6 +62,23 @@ class EpochLoader:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         self.epoch = epoch
 
+    def state_dict(self) -> dict[str, int]:
+        """The loader's position: the epoch of the next pass and the seed."""
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore a position saved by :meth:`state_dict` (e.g. from a checkpoint).
+
+        Raises:
+            ValueError: If the state was saved with another seed, whose batches differ.
+        """
+        if int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"loader state was saved with seed {state['seed']} but this loader has seed "
+                f"{self.seed}; its batches would differ"
+            )
+        self.set_epoch(int(state["epoch"]))
+
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.epoch += 1
