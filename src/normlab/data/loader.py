@@ -49,12 +49,18 @@ class EpochLoader:
     """Base of the loaders: epoch bookkeeping shared by every loader.
 
     Each pass over the loader uses the current epoch and then advances it by one;
-    :meth:`set_epoch` selects the epoch of the next pass (e.g. when resuming).
+    :meth:`set_epoch` selects the epoch of the next pass (e.g. when resuming). A pass draws
+    all its randomness from a generator seeded with ``(seed, epoch)``.
+
+    Args:
+        seed: Seed of the loader's randomness.
+        channels_last: Whether batches come in channels-last memory format.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, channels_last: bool) -> None:
         self.seed = seed
         self.epoch = 0
+        self.channels_last = channels_last
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass produce the batches of ``epoch``."""
@@ -86,6 +92,10 @@ class EpochLoader:
 
     def _batches(self, generator: torch.Generator) -> Iterator[Batch]:
         raise NotImplementedError
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=memory_format)
 
 
 class DeviceLoader(EpochLoader):
@@ -125,7 +135,7 @@ class DeviceLoader(EpochLoader):
         padding: int = 4,
         flip: bool = True,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, channels_last)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.data = data
@@ -133,7 +143,6 @@ class DeviceLoader(EpochLoader):
         self.augment = train if augment is None else augment
         self.drop_last = train if drop_last is None else drop_last
         self.shuffle = train if shuffle is None else shuffle
-        self.channels_last = channels_last
         self.padding = padding
         self.flip = flip
         if self.drop_last and len(data) < batch_size:
@@ -160,9 +169,4 @@ class DeviceLoader(EpochLoader):
             images = self.images[index]
             if self.augment:
                 images = crop_flip(images, offsets[index], flips[index], self.padding)
-            yield self.format(images), self.labels[index]
-
-    def format(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalize a uint8 batch and give it the loader's memory format."""
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        return self.normalize(images).contiguous(memory_format=memory_format)
+            yield self._layout(self.normalize(images)), self.labels[index]

@@ -110,7 +110,7 @@ class MixedLoader(EpochLoader):
         padding: int = 4,
         normalize_secondary: str = "primary",
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, channels_last)
         if primary.image_shape != secondary.image_shape:
             raise ValueError(
                 f"mixed data sets need equal image shapes: {primary.name} has "
@@ -133,7 +133,7 @@ class MixedLoader(EpochLoader):
         self.secondary_batch = k * secondary_per_k
         if self.secondary_batch and len(secondary) == 0:
             raise ValueError(f"{secondary.name} is empty but k={k} asks for secondary images")
-        self.augment, self.padding, self.channels_last = augment, padding, channels_last
+        self.augment, self.padding = augment, padding
         self.device = torch.device(device)
         self.images = torch.cat([primary.images, secondary.images]).to(self.device)
         self.labels = torch.cat([primary.labels, secondary.labels + primary.num_classes])
@@ -163,26 +163,19 @@ class MixedLoader(EpochLoader):
         return torch.cat(stream)[:needed] if stream else torch.empty(0, dtype=torch.int64)
 
     def _batches(self, generator: torch.Generator) -> Iterator[Batch]:
-        p, s = self.primary_batch, self.secondary_batch
-        primary_order = torch.randperm(len(self.primary), generator=generator)
-        secondary_order = self._secondary_stream(generator) + len(self.primary)
-        size = p + s
-        offsets, flips = draw_crop_flip(len(self) * size, self.padding, generator)
-        tensors = (primary_order, secondary_order, offsets, flips)
-        primary_order, secondary_order, offsets, flips = (t.to(self.device) for t in tensors)
-        for step in range(len(self)):
-            index = torch.cat(
-                [
-                    primary_order[step * p : (step + 1) * p],
-                    secondary_order[step * s : (step + 1) * s],
-                ]
-            )
+        steps, p = len(self), self.primary_batch
+        primary = torch.randperm(len(self.primary), generator=generator)[: steps * p]
+        secondary = self._secondary_stream(generator) + len(self.primary)
+        plan = torch.cat([primary.view(steps, p), secondary.view(steps, self.secondary_batch)], 1)
+        offsets, flips = draw_crop_flip(plan.numel(), self.padding, generator)
+        offsets, flips = offsets.view(*plan.shape, 2), flips.view(plan.shape)
+        plan, offsets, flips = (t.to(self.device) for t in (plan, offsets, flips))
+        for step in range(steps):
+            index = plan[step]
             images = self.images[index]
             if self.augment:
-                at = slice(step * size, (step + 1) * size)
-                images = crop_flip(images, offsets[at], flips[at], self.padding)
+                images = crop_flip(images, offsets[step], flips[step], self.padding)
             x = torch.cat(
                 [self.normalize_primary(images[:p]), self.normalize_secondary(images[p:])]
             )
-            memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-            yield x.contiguous(memory_format=memory_format), self.labels[index]
+            yield self._layout(x), self.labels[index]
