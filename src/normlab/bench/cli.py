@@ -1,0 +1,87 @@
+"""``normlab bench layers|models``: argument parsing and output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from normlab.bench.layers import DEFAULT_SHAPES, bench_layers
+from normlab.bench.models import bench_models
+from normlab.bench.report import layers_table, models_table
+
+__all__ = ["build_parser", "main"]
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"shape must look like 128,16,32,32, got {text!r}"
+        ) from None
+    if len(shape) != 4:
+        raise argparse.ArgumentTypeError(f"shape needs 4 sizes (N,C,H,W), got {text!r}")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="normlab bench",
+        description="Time normalizers as ratios to torch's BatchNorm2d measured in the same run.",
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--norms", nargs="+", help="registry names (default: all)")
+    common.add_argument("--repeats", type=int, default=10, help="timed rounds (default 10)")
+    common.add_argument("--threads", type=int, help="torch intra-op threads")
+    common.add_argument("--device", default="cpu", help="cpu or cuda")
+    common.add_argument("--json", metavar="PATH", help="also write results as JSON ('-': stdout)")
+    layers = sub.add_parser("layers", parents=[common], help="layer benchmark")
+    layers.add_argument("--shapes", nargs="+", type=_shape, default=list(DEFAULT_SHAPES),
+                        help="N,C,H,W shapes (default: the four of issue #6)")
+    layers.add_argument("--compile", action="store_true", help="also time torch.compile")
+    models = sub.add_parser("models", parents=[common], help="training-step benchmark")
+    models.add_argument("--model", default="resnet164")
+    models.add_argument("--batch-size", type=int, default=64)
+    return parser
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("normlab bench: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    print(f"torch {torch.__version__}, {_machine(args.device)}\n", flush=True)
+    if args.what == "layers":
+        results = bench_layers(
+            args.shapes, args.norms, repeats=args.repeats, compile_layers=args.compile,
+            device=args.device, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True),
+        )
+        print(layers_table(results))
+    else:
+        results = bench_models(
+            args.model, args.norms, batch_size=args.batch_size, repeats=args.repeats,
+            device=args.device,
+        )
+        print(models_table(results))
+    if args.json:
+        payload = json.dumps([r.as_dict() for r in results], indent=2)
+        if args.json == "-":
+            print(payload)
+        else:
+            with open(args.json, "w") as f:
+                f.write(payload + "\n")
+    return 0

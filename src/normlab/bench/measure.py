@@ -1,0 +1,88 @@
+"""Timing and memory measurements for the benchmarks.
+
+Candidates are timed in interleaved rounds (one call of each per round) so that machine
+noise hits all of them alike; results are medians with an inter-quartile spread.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["Timing", "interleaved_times", "peak_bytes", "saved_bytes"]
+
+
+class Timing:
+    """Median and relative inter-quartile spread of a list of seconds."""
+
+    def __init__(self, seconds: Sequence[float]) -> None:
+        ordered = sorted(seconds)
+        self.median = statistics.median(ordered)
+        quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+        self.spread = (quartiles[2] - quartiles[0]) / self.median if self.median else 0.0
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_times(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, Timing]:
+    """Time every call ``repeats`` times in interleaved rounds after ``warmup`` rounds."""
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(warmup + repeats):
+        for name, call in calls.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            call()
+            _synchronize(device)
+            if round_index >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: Timing(values) for name, values in seconds.items()}
+
+
+def saved_bytes(forward: Callable[[], torch.Tensor]) -> int:
+    """Bytes of distinct storages autograd saves for backward during ``forward()``."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values())
+
+
+def peak_bytes(step: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated beyond what was live before ``step()`` (forward + backward).
+
+    CUDA uses the caching allocator's counters; the CPU replays the profiler's
+    allocation events in time order.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e for e in prof.events() if e.cpu_memory_usage and not e.cpu_children),
+        key=lambda e: e.time_range.start,
+    )
+    live = peak = 0
+    for event in events:
+        live += event.cpu_memory_usage
+        peak = max(peak, live)
+    return peak

@@ -1,0 +1,67 @@
+"""``normlab bench models``: one training step of a network per norm, as a ratio to BN."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from normlab.bench.measure import interleaved_times
+from normlab.norms import list_norms, param_groups, post_step
+
+__all__ = ["ModelResult", "bench_models"]
+
+
+@dataclass
+class ModelResult:
+    """Median time of one training step (forward, backward, SGD step) and its ratio to BN."""
+
+    model: str
+    norm: str
+    batch_size: int
+    step_ms: float
+    step_ratio: float
+    step_spread: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_models(
+    model: str = "resnet164",
+    norms: Sequence[str] | None = None,
+    *,
+    batch_size: int = 64,
+    image_size: int = 32,
+    num_classes: int = 100,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+) -> list[ModelResult]:
+    """Time one SGD training step of ``model`` built with each norm (``bn`` first)."""
+    from normlab.models import create_model
+
+    dev = torch.device(device)
+    names = ["bn", *[n for n in (norms or list_norms()) if n != "bn"]]
+    x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+    steps = {}
+    for name in names:
+        net = create_model(model, num_classes=num_classes, norm=name).to(dev).train()
+        optimizer = torch.optim.SGD(param_groups(net, 0.01, 1e-4), momentum=0.9)
+
+        def step(net=net, optimizer=optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+            post_step(net)
+
+        steps[name] = step
+    times = interleaved_times(steps, repeats, warmup, dev)
+    base = times["bn"].median
+    return [
+        ModelResult(model, name, batch_size, t.median * 1e3, t.median / base, t.spread)
+        for name, t in times.items()
+    ]

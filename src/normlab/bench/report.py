@@ -1,0 +1,50 @@
+"""Markdown tables of benchmark results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from normlab.bench.layers import LayerResult
+from normlab.bench.models import ModelResult
+
+__all__ = ["layers_table", "models_table"]
+
+
+def layers_table(results: Sequence[LayerResult]) -> str:
+    """One Markdown table per shape: time, saved-bytes and peak-memory ratios to torch BN."""
+    gbps = any(r.step_gbps is not None for r in results)
+    lines: list[str] = []
+    for shape in dict.fromkeys(r.shape for r in results):
+        rows = [r for r in results if r.shape == shape]
+        base = rows[0]
+        lines += [
+            f"**{tuple(shape)}** — torch BatchNorm2d: forward {base.forward_ms:.2f} ms, "
+            f"forward+backward {base.step_ms:.2f} ms",
+            "",
+            "| layer | backend | forward × | fwd+bwd × | spread | saved × | peak × |"
+            + (" GB/s |" if gbps else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if gbps else ""),
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r.layer} | {r.backend} | {r.forward_ratio:.2f} | {r.step_ratio:.2f} | "
+                f"±{r.step_spread:.0%} | {r.saved_ratio:.2f} | {r.peak_ratio:.2f} |"
+                + (f" {r.step_gbps:.0f} |" if gbps else "")
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def models_table(results: Sequence[ModelResult]) -> str:
+    """Training-step time per norm as a ratio to BN."""
+    lines = [
+        f"**{results[0].model}**, batch {results[0].batch_size}, one SGD training step",
+        "",
+        "| norm | step ms | × BN | spread |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.norm} | {r.step_ms:.1f} | {r.step_ratio:.2f} | ±{r.step_spread:.0%} |"
+        for r in results
+    ]
+    return "\n".join(lines) + "\n"

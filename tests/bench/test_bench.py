@@ -1,0 +1,50 @@
+"""The benchmark harness runs, reports ratios to torch BatchNorm2d and renders tables."""
+
+import json
+
+import pytest
+import torch
+
+import normlab
+from normlab.bench.cli import main
+from normlab.bench.layers import BASELINE, bench_layers, bytes_moved
+from normlab.bench.measure import Timing, saved_bytes
+from normlab.bench.report import layers_table
+
+
+def test_layer_bench_reports_ratios_against_torch_batchnorm():
+    results = bench_layers([(4, 8, 4, 4)], ["bn", "sn"], repeats=2, warmup=1)
+    assert [(r.layer, r.backend) for r in results] == [
+        (BASELINE, "aten"), ("bn", "fused"), ("bn", "reference"), ("sn", "fused"),
+        ("sn", "reference"),
+    ]
+    base = results[0]
+    assert base.step_ratio == 1.0 and base.forward_ratio == 1.0 and base.saved_ratio == 1.0
+    for r in results:
+        assert r.step_ms > 0 and r.peak_ratio >= 0
+        assert r.step_ratio == pytest.approx(r.step_ms / base.step_ms)
+    table = layers_table(results)
+    assert "| sn | fused |" in table and "(4, 8, 4, 4)" in table
+
+
+def test_fused_layers_save_about_what_batchnorm_saves():
+    x = torch.randn(16, 8, 16, 16, requires_grad=True)
+    base = saved_bytes(lambda: torch.nn.BatchNorm2d(8)(x))
+    for name in normlab.list_norms():
+        layer = normlab.create_norm(name, 8)
+        assert saved_bytes(lambda layer=layer: layer(x)) <= 1.1 * base, name
+
+
+def test_timing_and_traffic_helpers():
+    t = Timing([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert t.median == 3.0 and t.spread > 0
+    assert bytes_moved(torch.empty(2, 3, dtype=torch.float16)) == 8 * 6 * 2
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["layers", "--shapes", "4,4,2,2", "--repeats", "1", "--norms", "iebn",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["layer"] for r in rows} == {BASELINE, "iebn"}
+    assert "| iebn | fused |" in capsys.readouterr().out
