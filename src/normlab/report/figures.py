@@ -1,0 +1,110 @@
+"""PNG figures: accuracy per setting and norm, and what SN, BIN and IEBN learned per layer.
+
+Figures are drawn with matplotlib's non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["accuracy_figure", "bin_gates_figure", "iebn_gates_figure", "switch_ratios_figure"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def accuracy_figure(
+    cells: Mapping[str, Mapping[str, Sequence[float]]],
+    norms: Sequence[str],
+    settings: Sequence[str],
+    path: str | Path,
+    *,
+    titles: Mapping[str, str] | None = None,
+    ylabel: str = "test accuracy (%)",
+) -> Path:
+    """Grouped bars: one group per setting, one bar per norm, mean with std error bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(settings) + 2), 4))
+    width = 0.8 / max(len(norms), 1)
+    for i, norm in enumerate(norms):
+        means, errors = [], []
+        for setting in settings:
+            values = cells.get(setting, {}).get(norm, [])
+            means.append(statistics.fmean(values) if values else 0.0)
+            errors.append(statistics.pstdev(values) if len(values) > 1 else 0.0)
+        positions = [s + (i - (len(norms) - 1) / 2) * width for s in range(len(settings))]
+        ax.bar(positions, means, width, yerr=errors, label=norm, capsize=2)
+    ax.set_xticks(range(len(settings)))
+    ax.set_xticklabels([(titles or {}).get(s, s) for s in settings])
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.legend(ncol=min(len(norms), 7), fontsize=8, loc="lower center")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def switch_ratios_figure(layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Stacked bars of SN's mean and variance ratios per layer (``norm_summary`` records)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(layers) + 2), 5), sharex=True)
+    names = layers[0]["normalizers"] if layers else []
+    for ax, key, title in zip(axes, ("mean_ratios", "var_ratios"), ("mean", "variance")):
+        bottom = [0.0] * len(layers)
+        for k, name in enumerate(names):
+            heights = [layer[key][k] for layer in layers]
+            ax.bar(range(len(layers)), heights, bottom=bottom, label=name.upper())
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        ax.set_ylabel(f"{title} ratio")
+        ax.set_ylim(0, 1)
+    axes[0].legend(ncol=len(names), fontsize=8)
+    axes[1].set_xlabel("SN layer (input → output)")
+    return _save(fig, path)
+
+
+def bin_gates_figure(layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Box plot of BIN's gate values rho per layer (1 = BN, 0 = IN)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 3.5))
+    ax.boxplot([layer["gate_values"] for layer in layers], showfliers=True)
+    ax.set_xticks(range(1, len(layers) + 1))
+    ax.set_xticklabels([str(i) for i in range(len(layers))], fontsize=7)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("gate ρ (1 = BN, 0 = IN)")
+    ax.set_xlabel("BIN layer (input → output)")
+    return _save(fig, path)
+
+
+def iebn_gates_figure(layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """IEBN's gate values delta per layer on a test batch: median, quartiles and range."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 3.5))
+    stats = [layer["gate_values"] for layer in layers]
+    xs = range(len(stats))
+    ax.fill_between(xs, [s["min"] for s in stats], [s["max"] for s in stats], alpha=0.15,
+                    label="min–max")
+    ax.fill_between(xs, [s["q25"] for s in stats], [s["q75"] for s in stats], alpha=0.35,
+                    label="quartiles")
+    ax.plot(xs, [s["median"] for s in stats], marker="o", label="median")
+    ax.axhline(0.2689, color="gray", linestyle="--", linewidth=1, label="init σ(−1)")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("gate δ")
+    ax.set_xlabel("IEBN layer (input → output)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
