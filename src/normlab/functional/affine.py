@@ -43,17 +43,27 @@ def apply_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
     return y.to(x.dtype)
 
 
-def _sum_spatial(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t.sum(spatial_dims(t), dtype=dtype)
+def _spatial_sums(
+    grad_y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``S1 = sum(g)`` and ``S2 = sum(g * x)`` over the spatial axes per (n, c).
 
-
-def _dot_spatial(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``sum(a * b)`` over the spatial axes per (n, c), without materializing ``a * b``
-    when both are contiguous (a batched dot product)."""
-    if a.is_contiguous() and b.is_contiguous() and a.dtype == b.dtype == dtype:
-        n, c = a.shape[:2]
-        return torch.einsum("ns,ns->n", a.reshape(n * c, -1), b.reshape(n * c, -1)).view(n, c)
-    return _sum_spatial(a * b, dtype)
+    For contiguous inputs of the statistics dtype both come from one pass of torch's
+    batch-norm backward reduction over the (1, N*C, M) view, with mean 0 and inverse std
+    1, so that its "grad_weight" is ``sum(g * x)`` and its "grad_bias" is ``sum(g)``; no
+    ``g * x`` temporary is made. Other layouts and dtypes reduce ``g * x`` directly.
+    """
+    dims = spatial_dims(x)
+    if not (grad_y.is_contiguous() and x.is_contiguous() and x.dtype == grad_y.dtype == dtype):
+        return grad_y.sum(dims, dtype=dtype), (grad_y * x).sum(dims, dtype=dtype)
+    n, c = x.shape[:2]
+    zeros = x.new_zeros(n * c)
+    ones = x.new_ones(n * c)
+    _, s2, s1 = torch.ops.aten.native_batch_norm_backward(
+        grad_y.reshape(1, n * c, -1), x.reshape(1, n * c, -1), ones, None, None, zeros, ones,
+        True, 0.0, [False, True, True],
+    )
+    return s1.view(n, c), s2.view(n, c)
 
 
 class AffineNormFunction(torch.autograd.Function):
@@ -85,8 +95,7 @@ class AffineNormFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         mean, var, leaves, scale, shift = ctx.graph
         dtype = scale.dtype
-        s1 = _sum_spatial(grad_y, dtype)
-        s2 = _dot_spatial(grad_y, x, dtype)
+        s1, s2 = _spatial_sums(grad_y, x, dtype)
         outputs = [(o, g) for o, g in ((scale, s2), (shift, s1)) if o.requires_grad]
         inputs = [t for t in (mean, var, *leaves) if t is not None and t.requires_grad]
         grads = iter(
