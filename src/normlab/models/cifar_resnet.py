@@ -4,6 +4,10 @@ Networks are named by their true depth (weighted layers): ``resnetD`` with basic
 has ``D = 6n + 2``, ``resnet164``/``preresnet164`` (bottleneck) have ``D = 9n + 2`` with
 ``n = 18`` blocks per stage.
 
+Shapes change through 1×1 projection shortcuts (He et al.'s option B), so the basic-block
+nets have slightly more parameters than the zero-padding variant (ResNet-56: 0.86 M
+against 0.85 M).
+
 Note on the BIN paper: the authors' CIFAR ResNet code silently switches to bottleneck
 blocks for depth >= 44 while keeping ``n = (depth - 2) / 6`` blocks per stage, so their
 "ResNet-110" / "PreResNet-110" are 164-layer bottleneck nets (here ``resnet164`` /

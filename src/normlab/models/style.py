@@ -94,6 +94,11 @@ class TransformerNet(nn.Module):
         init_conv_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % 4 or x.shape[-1] % 4:
+            raise ValueError(
+                f"TransformerNet needs height and width divisible by 4 (two stride-2 convs "
+                f"and two ×2 upsamplings), got {tuple(x.shape[-2:])}; crop or resize the input"
+            )
         return self.out(self.up(self.res(self.down(x))))
 
 
