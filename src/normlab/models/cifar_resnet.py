@@ -10,9 +10,9 @@ against 0.85 M).
 
 Note on the BIN paper: the authors' CIFAR ResNet code silently switches to bottleneck
 blocks for depth >= 44 while keeping ``n = (depth - 2) / 6`` blocks per stage, so their
-"ResNet-110" / "PreResNet-110" are 164-layer bottleneck nets (here ``resnet164`` /
-``preresnet164``) and their "ResNet-56" is an 83-layer bottleneck net
-(``CifarResNet(Bottleneck, 9)``). The names below mean what they say.
+"ResNet-110" is a 164-layer bottleneck net (here ``resnet164``; their "PreResNet-110"
+likewise ``preresnet164`` if the same rule applies) and their "ResNet-56" is an 83-layer
+bottleneck net (``CifarResNet(Bottleneck, 9)``). The names below mean what they say.
 """
 
 from __future__ import annotations
@@ -180,8 +180,9 @@ def resnet164(**kwargs: Any) -> CifarResNet:
 def preresnet110(**kwargs: Any) -> CifarResNet:
     """PreResNet-110 (pre-activation basic blocks, 18 per stage).
 
-    ``kwargs``: see :class:`CifarResNet`. The BIN authors' "PreResNet-110" was built with
-    bottleneck units by their code, i.e. it is ``preresnet164``.
+    ``kwargs``: see :class:`CifarResNet`. If the BIN authors' PreResNet code follows the
+    depth >= 44 bottleneck rule of their ResNet code, their "PreResNet-110" is
+    ``preresnet164``.
     """
     return CifarResNet(PreActBasicBlock, _basic(110), **kwargs)
 
