@@ -1,6 +1,7 @@
 """normlab: adaptive normalization for PyTorch (IEBN, SN, BIN and the BN/IN/LN/GN baselines)
 on one moments -> coefficients -> affine core, with the papers' networks and experiments."""
 
+from normlab.models import create_model, list_models, model_info
 from normlab.norms import (
     BatchInstanceNorm1d,
     BatchInstanceNorm2d,
@@ -60,8 +61,11 @@ __all__ = [
     "SwitchNorm3d",
     "__version__",
     "convert_norm",
+    "create_model",
     "create_norm",
+    "list_models",
     "list_norms",
+    "model_info",
     "norm_summary",
     "param_groups",
     "post_step",
