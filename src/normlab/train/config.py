@@ -3,8 +3,10 @@
 A config file is a YAML mapping with the sections of :class:`Config` (``model``, ``data``,
 ``optim``, ``schedule``, ``train``, ``run``) and two optional top-level keys:
 ``description`` (free text, e.g. which paper table the recipe reproduces) and ``base``
-(the name of a shipped config, or a path relative to the file, that this one starts from;
-mappings are merged key by key, everything else is replaced).
+(the name of a shipped config or a path relative to the file, or a list of them, that this
+one starts from, merged in order; mappings are merged key by key, everything else is
+replaced). Shipped files whose name starts with ``_`` are fragments meant only as bases:
+:func:`list_configs` does not list them.
 
 Overrides use dotted keys and YAML scalars, as in timm: ``optim.lr=0.05``,
 ``model.norm=iebn``, ``schedule.milestones=[2,4]``, ``model.kwargs.drop_rate=0.5``.
@@ -39,6 +41,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "config_to_yaml",
     "find_config",
     "list_configs",
     "load_config",
@@ -206,7 +209,7 @@ def _configs_root() -> Path:
 
 def list_configs() -> list[str]:
     """Names of the configs shipped with normlab (the papers' recipes and tiny variants)."""
-    return sorted(p.stem for p in _configs_root().glob("*.yaml"))
+    return sorted(p.stem for p in _configs_root().glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def find_config(spec: str | Path) -> Path:
@@ -258,12 +261,15 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
-    base = raw.pop("base", None)
-    if base is None:
+    bases = raw.pop("base", None)
+    if bases is None:
         return raw
-    relative = path.parent / str(base)
-    base_path = relative if relative.is_file() else find_config(str(base))
-    return _merge(_read_yaml(base_path, (*chain, path)), raw)
+    merged: dict[str, Any] = {}
+    for base in bases if isinstance(bases, list) else [bases]:
+        relative = path.parent / str(base)
+        base_path = relative if relative.is_file() else find_config(str(base))
+        merged = _merge(merged, _read_yaml(base_path, (*chain, path)))
+    return _merge(merged, raw)
 
 
 def _type_name(annotation: Any) -> str:
@@ -295,7 +301,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     elif annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return value
     elif annotation is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(
@@ -418,7 +424,11 @@ def load_config(spec: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return config_from_dict(apply_overrides(raw, overrides))
 
 
+def config_to_yaml(config: Config) -> str:
+    """The config as YAML text, sections in schema order, short lists inline."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)
+
+
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
-    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)
-    Path(path).write_text(text)
+    Path(path).write_text(config_to_yaml(config))

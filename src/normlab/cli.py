@@ -1,0 +1,243 @@
+"""The ``normlab`` command (also ``python -m normlab``).
+
+Subcommands::
+
+    normlab train -c CONFIG [--set key=value ...] [--quiet] [--print-config]
+    normlab train --resume RUN_DIR|CHECKPOINT [--set key=value ...]
+    normlab eval RUN_DIR [--checkpoint last.pt|best.pt|prev.pt|PATH] [--recompute-stats N]
+    normlab list norms|models|datasets|configs
+    normlab demo [...]      # normlab.experiments.demo when present, else a norm smoke test
+    normlab bench [...]     # normlab.bench.cli when present
+
+``CONFIG`` is a YAML file or the name of a shipped recipe (``normlab list configs``);
+``--set`` overrides are applied after the file, in order, as in timm. Errors a user can
+cause (unknown key, missing data, corrupt checkpoint, NaN loss) print one clear message
+and exit with status 2 (bad config or usage) or 1 (the run failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+__all__ = ["main"]
+
+_LISTS = ("norms", "models", "datasets", "configs")
+
+
+def _optional_main(module: str) -> Callable[[list[str]], Any] | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        return None
+    return None if spec is None else importlib.import_module(module).main
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from normlab.train import config_to_yaml, find_config, load_config, resume, train
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise _UsageError("--resume continues a run with its own config.yaml; drop -c")
+        summary = resume(args.resume, overrides=args.overrides, progress=not args.quiet)
+    else:
+        if args.config is None:
+            raise _UsageError("give a config: normlab train -c CONFIG (see `normlab list configs`)")
+        config = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(config_to_yaml(config), end="")
+            return 0
+        name = find_config(args.config).stem
+        summary = train(config, default_name=name, progress=not args.quiet)
+    print(
+        f"run {summary['run_dir']}: final acc {summary['final_acc']:.2f}, best "
+        f"{summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
+        f"{summary['time_s']:.1f}s training"
+    )
+    return 0
+
+
+def _metrics_line(label: str, metrics: dict[str, float]) -> str:
+    return (
+        f"{label}: test acc {metrics['test_acc']:.2f}  top-5 {metrics['test_acc5']:.2f}  "
+        f"loss {metrics['test_loss']:.4f}"
+    )
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from normlab.train import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir,
+        checkpoint=args.checkpoint,
+        recompute_stats=args.recompute_stats,
+        overrides=args.overrides,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(_metrics_line(f"{result['checkpoint']} (epoch {result['epoch']})", result))
+    if "recomputed" in result:
+        num = result["num_batches"]
+        note = "" if num == args.recompute_stats else " (all that one epoch has)"
+        label = f"batch-average statistics over {num} training batches{note}"
+        print(_metrics_line(label, result["recomputed"]))
+    return 0
+
+
+def _rows(kind: str) -> list[tuple[str, str]]:
+    if kind == "norms":
+        import normlab
+
+        return [(name, "") for name in normlab.list_norms()]
+    if kind == "models":
+        from normlab.models import list_models, model_info
+
+        rows = []
+        for name in list_models():
+            info = model_info(name)
+            size = "x".join(str(s) for s in info["input_size"])
+            rows.append((name, f"{info['family']:<9} {size:<10} {info['summary']}"))
+        return rows
+    if kind == "datasets":
+        from normlab.data import dataset_info, list_datasets
+
+        return [(name, dataset_info(name).description) for name in list_datasets()]
+    from normlab.train import list_configs, load_config
+
+    rows = []
+    for name in list_configs():
+        description = load_config(name).description
+        rows.append((name, description.split(": ")[0] if description else ""))
+    return rows
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = _rows(args.what)
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}".rstrip())
+    return 0
+
+
+def _norm_check(name: str) -> tuple[float, float, bool]:
+    import torch
+
+    import normlab
+
+    layer = normlab.create_norm(name, 8)
+    layer.train()
+    x = (torch.randn(4, 8, 6, 6) * 3 + 1).requires_grad_()
+    y = layer(x)
+    y.square().mean().backward()
+    grads = [x.grad, *(p.grad for p in layer.parameters() if p.requires_grad)]
+    finite = bool(torch.isfinite(y).all()) and all(
+        g is not None and bool(torch.isfinite(g).all()) for g in grads
+    )
+    return y.mean().item(), y.std().item(), finite
+
+
+def _cmd_demo(argv: list[str]) -> int:
+    demo = _optional_main("normlab.experiments.demo")
+    if demo is not None:
+        return int(demo(argv) or 0)
+    import normlab
+
+    names = normlab.list_norms()
+    print(f"normlab {normlab.__version__}: norms {', '.join(names)}")
+    print("one-layer forward/backward check, input (4, 8, 6, 6) ~ N(1, 9), 8 channels")
+    print(f"{'norm':<8} {'out mean':>9} {'out std':>8}  ok")
+    failed = 0
+    for name in names:
+        note = ""
+        try:
+            mean, std, ok = _norm_check(name)
+        except Exception as exc:  # a smoke test reports every failure and keeps going
+            mean, std, ok, note = float("nan"), float("nan"), False, f"{type(exc).__name__}: {exc}"
+        failed += not ok
+        print(f"{name:<8} {mean:>9.4f} {std:>8.4f}  {'yes' if ok else 'NO'} {note}".rstrip())
+    return 1 if failed else 0
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    bench = _optional_main("normlab.bench.cli")
+    if bench is None:
+        raise _UsageError("normlab bench is not available yet (no normlab.bench.cli module)")
+    return int(bench(argv) or 0)
+
+
+class _UsageError(Exception):
+    """A command line that cannot be run as given."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="normlab", description="Adaptive normalization: train, evaluate, list, demo."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides with dotted keys, e.g. optim.lr=0.05 model.norm=iebn",
+    )
+
+    train = sub.add_parser("train", parents=[overrides], help="train a model from a config")
+    train.add_argument("-c", "--config", help="YAML file or shipped config name")
+    train.add_argument("--resume", metavar="RUN", help="continue a run folder or checkpoint")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar (for CI)")
+    train.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+
+    ev = sub.add_parser("eval", parents=[overrides], help="evaluate a run's checkpoint")
+    ev.add_argument("run_dir", help="run folder")
+    ev.add_argument("--checkpoint", default="last.pt", help="last.pt, best.pt, prev.pt or a path")
+    ev.add_argument(
+        "--recompute-stats",
+        type=int,
+        metavar="N",
+        help="also evaluate with norm statistics re-estimated from N training batches",
+    )
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    ls = sub.add_parser("list", help="list norms, models, datasets or configs")
+    ls.add_argument("what", choices=_LISTS)
+
+    sub.add_parser("demo", help="what the adaptive norms do, in minutes (its own options)")
+    sub.add_parser("bench", help="layer and model benchmarks (its own options)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``normlab`` command line; returns the exit status."""
+    from normlab.data import DatasetError
+    from normlab.train import CheckpointError, ConfigError, NonFiniteLossError, RunDirError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = {"demo": _cmd_demo, "bench": _cmd_bench}
+    if argv and argv[0] in passthrough:
+        command, run = argv[0], partial(passthrough[argv[0]], argv[1:])
+    else:
+        args = _parser().parse_args(argv)
+        commands = {"train": _cmd_train, "eval": _cmd_eval, "list": _cmd_list}
+        command, run = args.command, partial(commands[args.command], args)
+    try:
+        return run()
+    except (ConfigError, _UsageError) as exc:
+        print(f"normlab {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (CheckpointError, RunDirError, NonFiniteLossError, DatasetError, ValueError) as exc:
+        print(f"normlab {command}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,135 @@
+"""The ``normlab`` command line: overrides, errors, listings, demo, and a real tiny run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import normlab
+from normlab import cli
+from normlab.cli import main
+from normlab.train import build_setup, list_configs, load_config
+
+
+def test_print_config_applies_overrides(capsys):
+    code = main(
+        [
+            "train",
+            "-c",
+            "iebn_cifar_resnet164",
+            "--set",
+            "optim.lr=0.05",
+            "model.norm=bn",
+            "--set",
+            "schedule.milestones=[2,3]",
+            "--print-config",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.05" in out and "norm: bn" in out and "milestones: [2, 3]" in out
+
+
+def test_unknown_key_is_rejected_with_valid_keys(capsys):
+    code = main(["train", "-c", "iebn_cifar_resnet164_tiny", "--set", "optim.lrr=0.1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'optim.lrr'" in err and "Did you mean 'lr'" in err
+    assert "weight_decay" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train"], "give a config"),
+        (["train", "-c", "no_such_recipe"], "neither a file nor a shipped config"),
+        (["train", "-c", "x", "--resume", "y"], "drop -c"),
+        (["train", "-c", "iebn_cifar_resnet164", "--set", "lr"], "section.key=value"),
+    ],
+)
+def test_usage_errors_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_run_and_data_exit_1(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 1
+    assert "no checkpoint" in capsys.readouterr().err
+    argv = ["train", "-c", "iebn_cifar_resnet164", f"--set=run.out_dir={tmp_path}", "-q"]
+    argv += [f"--set=data.root={tmp_path / 'missing'}"]
+    assert main(argv) == 1
+    assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("what", ["norms", "models", "datasets", "configs"])
+def test_list(what, capsys):
+    assert main(["list", what]) == 0
+    out = capsys.readouterr().out
+    expected = {"norms": "iebn", "models": "resnet164", "datasets": "digits"}
+    assert expected.get(what, "iebn_cifar_resnet164_tiny") in out
+
+
+def test_demo_falls_back_to_norm_check(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_optional_main", lambda module: None)
+    assert main(["demo"]) == 0
+    rows = capsys.readouterr().out.splitlines()[3:]
+    assert [row.split()[0] for row in rows] == normlab.list_norms()
+    assert all(row.split()[3] == "yes" for row in rows)
+
+
+def test_demo_and_bench_delegate_when_present(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(
+        cli, "_optional_main", lambda module: lambda argv: calls.append((module, argv))
+    )
+    assert main(["demo", "--quick", "x"]) == 0
+    assert main(["bench", "layers"]) == 0
+    assert calls == [
+        ("normlab.experiments.demo", ["--quick", "x"]),
+        ("normlab.bench.cli", ["layers"]),
+    ]
+    monkeypatch.setattr(cli, "_optional_main", lambda module: None)
+    assert main(["bench"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_every_tiny_config_builds_and_runs_a_batch():
+    for name in (n for n in list_configs() if n.endswith("_tiny")):
+        cfg = load_config(name, ["train.device=cpu"])
+        _, loaders, model = build_setup(cfg)
+        x, y = next(iter(loaders.train))
+        assert model(x[:4]).shape == (4, loaders.num_classes), name
+
+
+def test_train_tiny_config_end_to_end_then_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "-c", "iebn_cifar_resnet164_tiny", "-q"]
+    argv += ["--set", f"run.out_dir={tmp_path}", "run.name=run", "train.epochs=3"]
+    argv += ["schedule.milestones=[2]"]
+    assert main(argv) == 0
+    assert "final acc" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["final_acc"] > 50
+    assert load_config(run / "config.yaml").train.epochs == 3
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=4", "-q"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+    assert main(["eval", str(run), "--recompute-stats", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["epoch"] == 4 and result["num_batches"] == 5
+    assert (
+        abs(result["test_acc"] - json.loads((run / "summary.json").read_text())["final_acc"]) < 1e-9
+    )
+    assert result["recomputed"]["test_acc"] > 50
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert state["format"] == "normlab-checkpoint"
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "normlab", "list", "norms"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "bin" in out.stdout.split()
