@@ -241,3 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, RunDirError, NonFiniteLossError, DatasetError, ValueError) as exc:
         print(f"normlab {command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"normlab {command}: interrupted", file=sys.stderr)
+        return 130

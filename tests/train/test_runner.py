@@ -133,3 +133,53 @@ def test_evaluate_run_with_recomputed_stats(tiny_config, tmp_path):
     )
     assert again["num_batches"] == 8
     assert 0 <= again["recomputed"]["test_acc"] <= 100
+
+
+def test_cuda_only_flags_are_no_ops_on_cpu(tiny_config, tmp_path):
+    train(tiny_config(run={"name": "plain"}), builders=tiny_builders(), log=None)
+    flags = {"amp": "bf16", "channels_last": True}
+    train(tiny_config(run={"name": "flags"}, train=flags), builders=tiny_builders(), log=None)
+    _assert_same(
+        _weights(tmp_path / "runs/plain/last.pt"), _weights(tmp_path / "runs/flags/last.pt")
+    )
+
+
+def test_gradient_clipping_changes_the_update(tiny_config, tmp_path):
+    train(tiny_config(run={"name": "plain"}), builders=tiny_builders(), log=None)
+    cfg = tiny_config(run={"name": "clip"}, optim={"grad_clip": 0.01, "nesterov": True})
+    train(cfg, builders=tiny_builders(), log=None)
+    a, b = _weights(tmp_path / "runs/plain/last.pt"), _weights(tmp_path / "runs/clip/last.pt")
+    assert not torch.equal(a["conv.weight"], b["conv.weight"])
+    assert torch.isfinite(b["conv.weight"]).all()
+
+
+def test_bin_gates_get_their_role_and_stay_clamped(tiny_config, tmp_path):
+    seen = []
+    train(
+        tiny_config(optim={"lr": 5.0}),
+        builders=tiny_builders(),
+        callbacks=[lambda info: seen.append(info)],
+        log=None,
+    )
+    ckpt = load_checkpoint(tmp_path / "runs/tiny/last.pt")
+    gate = ckpt["model"]["norm.gate"]
+    assert gate.min() >= 0 and gate.max() <= 1
+    groups = ckpt["optimizer"]["param_groups"]
+    gate_group = next(g for g in groups if g.get("role") == "gate")
+    assert gate_group["initial_lr"] == pytest.approx(10 * 5.0)
+    assert gate_group["weight_decay"] == 0
+
+
+def test_tensorboard_requested_but_missing_is_a_clear_error(tiny_config, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(RunDirError, match="pip install normlab\\[tensorboard\\]"):
+        train(tiny_config(run={"tensorboard": True}), builders=tiny_builders(), log=None)

@@ -65,8 +65,8 @@ def evaluate_run(
     if not (folder / CONFIG_FILE).is_file():
         raise RunDirError(f"{folder} has no {CONFIG_FILE}; it is not a normlab run folder")
     config = load_config(folder / CONFIG_FILE, list(overrides))
-    candidate = Path(checkpoint)
-    path = resolve_checkpoint(candidate if candidate.is_file() else folder / checkpoint)
+    given, inside = Path(checkpoint), folder / checkpoint
+    path = resolve_checkpoint(given if given.is_file() and not inside.is_file() else inside)
     ckpt = load_checkpoint(path)
     device, loaders, model = build_setup(config, builders)
     model.load_state_dict(ckpt["model"])

@@ -102,8 +102,8 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> to
     """SGD over ``normlab.param_groups`` (per-role lr and weight decay, e.g. BIN gates).
 
     The learning rate is scaled linearly with the batch size when
-    ``optim.lr_reference_batch`` is set. Each group's starting lr is kept as
-    ``initial_lr``, which the schedule multiplies.
+    ``optim.lr_reference_batch`` is set. The :class:`~normlab.train.engine.Trainer`
+    keeps each group's starting lr as ``initial_lr``, which the schedule multiplies.
     """
     import normlab
 
@@ -111,13 +111,10 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> to
         raise ConfigError(f"optim.name {optim.name!r} is not supported; use sgd")
     lr = scaled_lr(optim, batch_size)
     groups = normlab.param_groups(model, lr, optim.weight_decay, **optim.param_groups)
-    opt = torch.optim.SGD(
+    return torch.optim.SGD(
         groups,
         lr=lr,
         momentum=optim.momentum,
         nesterov=optim.nesterov,
         weight_decay=optim.weight_decay,
     )
-    for group in opt.param_groups:
-        group["initial_lr"] = group["lr"]
-    return opt

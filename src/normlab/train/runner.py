@@ -244,6 +244,10 @@ class _Run:
             ) from exc
         except BaseException as exc:
             self.summary("interrupted", f"{type(exc).__name__}: {exc}")
+            self.log(
+                f"stopped in epoch {self.epoch + 1} ({type(exc).__name__}); continue with "
+                f"`normlab train --resume {self.run_dir}`"
+            )
             raise
         finally:
             tensorboard.close()
