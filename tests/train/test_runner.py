@@ -183,3 +183,11 @@ def test_tensorboard_requested_but_missing_is_a_clear_error(tiny_config, monkeyp
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(RunDirError, match="pip install normlab\\[tensorboard\\]"):
         train(tiny_config(run={"tensorboard": True}), builders=tiny_builders(), log=None)
+
+
+def test_compiled_model_trains_and_saves_plain_state(tiny_config, tmp_path, monkeypatch):
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend="eager"))
+    train(tiny_config(train={"compile": True, "epochs": 1}), builders=tiny_builders(), log=None)
+    state = _weights(tmp_path / "runs/tiny/last.pt")
+    assert "conv.weight" in state and not any(k.startswith("_orig_mod") for k in state)

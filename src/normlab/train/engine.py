@@ -230,7 +230,7 @@ def evaluate(
         ``eval_time_s``.
     """
     start = time.perf_counter()
-    forward = forward or model
+    forward = model if forward is None else forward
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.int64)
