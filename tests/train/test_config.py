@@ -70,6 +70,11 @@ def test_wrong_types_are_rejected():
     with pytest.raises(ConfigError, match="'optim.nesterov' expects bool"):
         config_from_dict({"optim": {"nesterov": 1}})
     assert config_from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
+    assert (
+        load_config("iebn_cifar_resnet164", ["optim.weight_decay=5e-4"]).optim.weight_decay == 5e-4
+    )
+    with pytest.raises(ConfigError, match="expects float"):
+        config_from_dict({"optim": {"lr": "fast"}})
 
 
 def test_base_inheritance_and_round_trip(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -199,6 +200,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _FREE_FORM = {"model.kwargs", "data.kwargs", "optim.param_groups"}
 _CONFIG_DIR = ("experiments", "configs")
 
@@ -302,6 +304,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return value
     elif annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
+    elif annotation is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
     elif annotation is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(
