@@ -15,6 +15,15 @@ from normlab.cli import main
 from normlab.train import build_setup, list_configs, load_config
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the CPU is shared, and spinning OpenMP workers then stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_print_config_applies_overrides(capsys):
     code = main(
         [

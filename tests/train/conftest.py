@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from normlab.train import config_from_dict
 
@@ -23,3 +24,12 @@ def tiny_config(tmp_path):
         return config_from_dict(raw)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the CPU is shared, and spinning OpenMP workers then stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

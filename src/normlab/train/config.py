@@ -156,6 +156,8 @@ class TrainConfig:
         compile: Wrap the model in ``torch.compile``.
         deterministic: Ask torch for deterministic algorithms (slower on CUDA).
         label_smoothing: Cross-entropy label smoothing.
+        num_threads: CPU threads for torch (``torch.set_num_threads``); ``None`` keeps
+            torch's default. ``1`` avoids stalls when other processes share the cores.
     """
 
     epochs: int = 10
@@ -166,6 +168,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     label_smoothing: float = 0.0
+    num_threads: int | None = None
 
 
 @dataclass

@@ -37,7 +37,7 @@ from normlab.train.records import SUMMARY, MetricsLog, TensorBoardLog, environme
 from normlab.train.schedule import LRSchedule
 from normlab.train.seed import get_rng_state, seed_everything, set_rng_state
 
-__all__ = ["Builders", "build_setup", "create_run_dir", "resume", "train"]
+__all__ = ["Builders", "build_setup", "new_run_dir", "resume", "train"]
 
 CONFIG_FILE = "config.yaml"
 
@@ -65,21 +65,28 @@ class Builders:
     post_step: Callable[[nn.Module], None] = _default_post_step
 
 
-def create_run_dir(config: Config, default_name: str = "run") -> Path:
-    """Create ``run.out_dir/run.name`` (default ``<default_name>-<date>-<time>``).
+def new_run_dir(
+    config: Config, default_name: str = "run", run_dir: str | Path | None = None
+) -> Path:
+    """The folder a new run will write: ``run_dir``, else ``run.out_dir/run.name``.
+
+    ``run.name`` defaults to ``<default_name>-<date>-<time>``. The folder is not created
+    here (a run creates it once its data and model are built, so a bad config leaves no
+    empty run behind).
 
     Raises:
         RunDirError: The folder exists and is not empty (nothing written is overwritten).
     """
-    name = config.run.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(config.run.out_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir is None:
+        name = config.run.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(config.run.out_dir) / name
+    folder = Path(run_dir)
+    if folder.exists() and any(folder.iterdir()):
         raise RunDirError(
-            f"run folder {run_dir} already exists and is not empty; resume it with "
-            f"`normlab train --resume {run_dir}`, or choose another run.name / run.out_dir"
+            f"run folder {folder} already exists and is not empty; resume it with "
+            f"`normlab train --resume {folder}`, or choose another run.name / run.out_dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return folder
 
 
 def build_setup(
@@ -87,12 +94,16 @@ def build_setup(
 ) -> tuple[torch.device, factory.Loaders, nn.Module]:
     """Seed, then build the device, the loaders and the model (on the device) of a config.
 
+    Also applies ``train.num_threads`` (process-wide) when set.
+
     The order is fixed (seed, data, model) so that the same config gives the same
     initial weights and data order every time.
     """
     builders = builders or Builders()
     cfg = config
     device = factory.resolve_device(cfg.train.device)
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
     loaders = builders.loaders(cfg.data, seed=cfg.train.seed, device=device)
     model = builders.model(
@@ -128,13 +139,13 @@ class _Run:
         progress: bool,
         log: Callable[[str], None] | None,
     ) -> None:
-        save_config(config, run_dir / CONFIG_FILE)
         self.config, self.run_dir, self.log = config, run_dir, log or _quiet
         builders = builders or Builders()
         progress = progress and config.run.progress
         cfg = config
         self.device, self.loaders, model = build_setup(cfg, builders)
         self.model = model
+        self.environment = environment(self.device)
         self.optimizer = builders.optimizer(model, cfg.optim, cfg.data.batch_size)
         self.trainer = Trainer(
             model,
@@ -150,6 +161,8 @@ class _Run:
             callbacks=callbacks,
             progress=progress,
         )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG_FILE)
         self.metrics = MetricsLog(run_dir)
         self.epoch = 0
         self.best_acc = -math.inf
@@ -204,7 +217,7 @@ class _Run:
             "norm": self.config.model.norm,
             "data": self.config.data.name,
             "run_dir": str(self.run_dir),
-            **environment(self.device),
+            **self.environment,
         }
         write_json(summary, self.run_dir / SUMMARY)
         return summary
@@ -268,7 +281,7 @@ def train(
 
     Args:
         config: The resolved run config.
-        run_dir: Run folder; default ``run.out_dir/run.name`` (see :func:`create_run_dir`).
+        run_dir: Run folder; default ``run.out_dir/run.name`` (see :func:`new_run_dir`).
         default_name: Name stem when ``run.name`` is unset (e.g. the config's name).
         callbacks: Called with a :class:`~normlab.train.engine.StepInfo` after every step.
         builders: Replacement builders (tests); default: the ``normlab`` registries.
@@ -282,14 +295,9 @@ def train(
         NonFiniteLossError: The loss became NaN/inf; ``last.pt`` holds the last good epoch.
         RunDirError: The run folder exists and is not empty.
     """
-    if run_dir is None:
-        folder = create_run_dir(config, default_name)
-    else:
-        folder = Path(run_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        if any(folder.iterdir()):
-            raise RunDirError(f"run folder {folder} is not empty; use resume() to continue it")
-    run = _Run(config, folder, builders, callbacks, progress, log)
+    run = _Run(
+        config, new_run_dir(config, default_name, run_dir), builders, callbacks, progress, log
+    )
     return run.fit()
 
 
