@@ -14,14 +14,9 @@ from normlab import cli
 from normlab.cli import main
 from normlab.train import build_setup, list_configs, load_config
 
+from .train.tiny import one_thread
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CPU is shared, and spinning OpenMP workers then stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+__all__ = ["one_thread"]
 
 
 def test_print_config_applies_overrides(capsys):

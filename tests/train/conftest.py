@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from normlab.train import config_from_dict
+
+from .tiny import one_thread
+
+__all__ = ["one_thread"]
 
 
 @pytest.fixture
@@ -24,12 +27,3 @@ def tiny_config(tmp_path):
         return config_from_dict(raw)
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CPU is shared, and spinning OpenMP workers then stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pytest
 import torch
 from torch import nn
 
@@ -74,3 +75,12 @@ def tiny_builders(poison: tuple[int, int] | None = None) -> Builders:
         return TinyNet(num_classes, in_chans, cfg.norm)
 
     return Builders(loaders=loaders, model=model, optimizer=build_optimizer)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the CPU is shared, and spinning OpenMP workers then stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
