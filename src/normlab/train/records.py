@@ -1,7 +1,9 @@
 """What a run folder records besides checkpoints: metrics rows, summary, environment.
 
-- ``metrics.jsonl``: one JSON object per finished epoch (``epoch``, ``lr``,
-  ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``test_acc5``, ``time_s``).
+- ``metrics.jsonl``: one JSON object per finished epoch: ``epoch`` (1-based count of
+  finished epochs), ``lr`` (group 0 at the epoch's first step), ``train_loss``,
+  ``train_acc`` (running average over the epoch, train mode), ``test_loss``, ``test_acc``,
+  ``test_acc5`` (percent), ``eval_time_s`` and ``time_s`` (whole epoch, wall clock).
   On resume, rows of epochs newer than the checkpoint are dropped, so every row describes
   a state that a checkpoint reached.
 - ``summary.json``: final and best accuracy, status, time and environment; rewritten
