@@ -55,7 +55,8 @@ def accuracy_figure(
     ax.set_xticklabels([(titles or {}).get(s, s) for s in settings])
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
-    ax.legend(ncol=min(len(norms), 7), fontsize=8, loc="lower center")
+    ax.legend(ncol=min(len(norms), 7), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
