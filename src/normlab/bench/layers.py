@@ -54,6 +54,15 @@ def bytes_moved(x: torch.Tensor) -> int:
     return 8 * x.numel() * x.element_size()
 
 
+def _allow_recompiles() -> None:
+    """Every normlab layer class runs the same ``NormBase.forward`` code object, so layers
+    compiled one by one are recompilations of it for dynamo; allow one per candidate
+    and shape."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 256))
+
+
 def _candidates(
     channels: int, norms: Sequence[str], compile_layers: bool, device: torch.device
 ) -> dict[tuple[str, str], torch.nn.Module]:
@@ -65,6 +74,7 @@ def _candidates(
         layers[(name, default)] = create_norm(name, channels)
         layers[(name, "reference")] = create_norm(name, channels, backend="reference")
         if compile_layers:
+            _allow_recompiles()
             layers[(name, "compiled")] = torch.compile(create_norm(name, channels), fullgraph=True)
     return {key: layer.to(device).train() for key, layer in layers.items()}
 
