@@ -48,3 +48,14 @@ def test_cli_writes_json(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert {r["layer"] for r in rows} == {BASELINE, "iebn"}
     assert "| iebn | fused |" in capsys.readouterr().out
+
+
+def test_model_bench_uses_a_torch_batchnorm_network_as_baseline():
+    from normlab.bench.models import BASELINE, bench_models
+    from normlab.bench.report import models_table
+
+    results = bench_models("resnet20", ["bn", "bin"], batch_size=2, image_size=8,
+                           num_classes=3, repeats=1, warmup=0)
+    assert [r.norm for r in results] == [BASELINE, "bn", "bin"]
+    assert results[0].step_ratio == 1.0
+    assert "| bin |" in models_table(results)

@@ -1,4 +1,5 @@
-"""``normlab bench models``: one training step of a network per norm, as a ratio to BN."""
+"""``normlab bench models``: one training step of a network per norm, as a ratio to the same
+network built with torch's own BatchNorm2d."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import torch.nn.functional as F
 from normlab.bench.measure import interleaved_times
 from normlab.norms import list_norms, param_groups, post_step
 
-__all__ = ["ModelResult", "bench_models"]
+__all__ = ["BASELINE", "ModelResult", "bench_models"]
+
+BASELINE = "torch BatchNorm2d"
 
 
 @dataclass
 class ModelResult:
-    """Median time of one training step (forward, backward, SGD step) and its ratio to BN."""
+    """Median time of one training step (forward, backward, SGD step) and its ratio to the
+    torch BatchNorm2d network."""
 
     model: str
     norm: str
@@ -40,16 +44,18 @@ def bench_models(
     warmup: int = 1,
     device: str = "cpu",
 ) -> list[ModelResult]:
-    """Time one SGD training step of ``model`` built with each norm (``bn`` first)."""
+    """Time one SGD training step of ``model`` built with torch's BatchNorm2d (the
+    baseline, first row) and with each normlab norm."""
     from normlab.models import create_model
 
     dev = torch.device(device)
-    names = ["bn", *[n for n in (norms or list_norms()) if n != "bn"]]
+    names = [BASELINE, *(norms or list_norms())]
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
     y = torch.randint(0, num_classes, (batch_size,), device=dev)
     steps = {}
     for name in names:
-        net = create_model(model, num_classes=num_classes, norm=name).to(dev).train()
+        norm = torch.nn.BatchNorm2d if name == BASELINE else name
+        net = create_model(model, num_classes=num_classes, norm=norm).to(dev).train()
         optimizer = torch.optim.SGD(param_groups(net, 0.01, 1e-4), momentum=0.9)
 
         def step(net=net, optimizer=optimizer):
@@ -60,7 +66,7 @@ def bench_models(
 
         steps[name] = step
     times = interleaved_times(steps, repeats, warmup, dev)
-    base = times["bn"].median
+    base = times[BASELINE].median
     return [
         ModelResult(model, name, batch_size, t.median * 1e3, t.median / base, t.spread)
         for name, t in times.items()

@@ -40,7 +40,7 @@ def models_table(results: Sequence[ModelResult]) -> str:
     lines = [
         f"**{results[0].model}**, batch {results[0].batch_size}, one SGD training step",
         "",
-        "| norm | step ms | × BN | spread |",
+        "| norm | step ms | × torch BN | spread |",
         "|---|---|---|---|",
     ]
     lines += [
