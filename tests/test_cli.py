@@ -9,8 +9,6 @@ import sys
 import pytest
 import torch
 
-import normlab
-from normlab import cli
 from normlab.cli import main
 from normlab.train import build_setup, list_configs, load_config
 
@@ -77,28 +75,23 @@ def test_list(what, capsys):
     assert expected.get(what, "iebn_cifar_resnet164_tiny") in out
 
 
-def test_demo_falls_back_to_norm_check(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_optional_main", lambda module: None)
-    assert main(["demo"]) == 0
-    rows = capsys.readouterr().out.splitlines()[3:]
-    assert [row.split()[0] for row in rows] == normlab.list_norms()
-    assert all(row.split()[3] == "yes" for row in rows)
+def test_demo_and_bench_pass_their_arguments_through(monkeypatch):
+    import normlab.bench.cli
+    import normlab.experiments.demo
 
-
-def test_demo_and_bench_delegate_when_present(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(
-        cli, "_optional_main", lambda module: lambda argv: calls.append((module, argv))
-    )
-    assert main(["demo", "--quick", "x"]) == 0
-    assert main(["bench", "layers"]) == 0
-    assert calls == [
-        ("normlab.experiments.demo", ["--quick", "x"]),
-        ("normlab.bench.cli", ["layers"]),
-    ]
-    monkeypatch.setattr(cli, "_optional_main", lambda module: None)
-    assert main(["bench"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    monkeypatch.setattr(normlab.experiments.demo, "main", lambda argv: calls.append(("demo", argv)))
+    monkeypatch.setattr(normlab.bench.cli, "main", lambda argv: calls.append(("bench", argv)))
+    assert main(["demo", "--quick", "--out", "x"]) == 0
+    assert main(["bench", "layers", "--repeats", "2"]) == 0
+    assert calls == [("demo", ["--quick", "--out", "x"]), ("bench", ["layers", "--repeats", "2"])]
+
+
+def test_bench_usage_errors_exit_with_status_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "layers", "--shapes", "1,2,3"])
+    assert exc.value.code == 2
+    assert "needs 4 sizes" in capsys.readouterr().err
 
 
 def test_every_tiny_config_builds_and_runs_a_batch():

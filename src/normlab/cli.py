@@ -6,8 +6,8 @@ Subcommands::
     normlab train --resume RUN_DIR|CHECKPOINT [--set key=value ...]
     normlab eval RUN_DIR [--checkpoint last.pt|best.pt|prev.pt|PATH] [--recompute-stats N]
     normlab list norms|models|datasets|configs
-    normlab demo [...]      # normlab.experiments.demo when present, else a norm smoke test
-    normlab bench [...]     # normlab.bench.cli when present
+    normlab demo [--quick] [--out DIR] [--seeds N] [--device cpu|cuda] ...
+    normlab bench layers|models [...]
 
 ``CONFIG`` is a YAML file or the name of a shipped recipe (``normlab list configs``);
 ``--set`` overrides are applied after the file, in order, as in timm. Errors a user can
@@ -18,25 +18,14 @@ and exit with status 2 (bad config or usage) or 1 (the run failed).
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 __all__ = ["main"]
 
 _LISTS = ("norms", "models", "datasets", "configs")
-
-
-def _optional_main(module: str) -> Callable[[list[str]], Any] | None:
-    try:
-        spec = importlib.util.find_spec(module)
-    except ModuleNotFoundError:
-        return None
-    return None if spec is None else importlib.import_module(module).main
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -126,50 +115,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _norm_check(name: str) -> tuple[float, float, bool]:
-    import torch
-
-    import normlab
-
-    layer = normlab.create_norm(name, 8)
-    layer.train()
-    x = (torch.randn(4, 8, 6, 6) * 3 + 1).requires_grad_()
-    y = layer(x)
-    y.square().mean().backward()
-    grads = [x.grad, *(p.grad for p in layer.parameters() if p.requires_grad)]
-    finite = bool(torch.isfinite(y).all()) and all(
-        g is not None and bool(torch.isfinite(g).all()) for g in grads
-    )
-    return y.mean().item(), y.std().item(), finite
-
-
 def _cmd_demo(argv: list[str]) -> int:
-    demo = _optional_main("normlab.experiments.demo")
-    if demo is not None:
-        return int(demo(argv) or 0)
-    import normlab
+    from normlab.experiments.demo import main as demo_main
 
-    names = normlab.list_norms()
-    print(f"normlab {normlab.__version__}: norms {', '.join(names)}")
-    print("one-layer forward/backward check, input (4, 8, 6, 6) ~ N(1, 9), 8 channels")
-    print(f"{'norm':<8} {'out mean':>9} {'out std':>8}  ok")
-    failed = 0
-    for name in names:
-        note = ""
-        try:
-            mean, std, ok = _norm_check(name)
-        except Exception as exc:  # a smoke test reports every failure and keeps going
-            mean, std, ok, note = float("nan"), float("nan"), False, f"{type(exc).__name__}: {exc}"
-        failed += not ok
-        print(f"{name:<8} {mean:>9.4f} {std:>8.4f}  {'yes' if ok else 'NO'} {note}".rstrip())
-    return 1 if failed else 0
+    return int(demo_main(argv) or 0)
 
 
 def _cmd_bench(argv: list[str]) -> int:
-    bench = _optional_main("normlab.bench.cli")
-    if bench is None:
-        raise _UsageError("normlab bench is not available yet (no normlab.bench.cli module)")
-    return int(bench(argv) or 0)
+    from normlab.bench.cli import main as bench_main
+
+    return int(bench_main(argv) or 0)
 
 
 class _UsageError(Exception):
