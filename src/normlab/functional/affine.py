@@ -11,11 +11,20 @@ evaluated on the per-(n, c) moments of ``x`` (DESIGN.md). Two backends:
   :func:`torch.autograd.grad` (the graph is retained, so an outer ``retain_graph=True``
   backward may run again), and writes ``dx = A*g + P*x + Q`` with
   ``P = 2*dvar/M`` and ``Q = dmean/M - P*mean`` (M = elements per (n, c)).
+
+On CUDA, for contiguous float16/bfloat16/float32 inputs and when ``triton`` is importable,
+the fused backend's big-tensor passes (moments, ``A*x + B``, the backward sums and ``dx``)
+run as the Triton kernels of :mod:`normlab.functional.triton_kernels`
+(:func:`triton_available`); ``triton`` is imported lazily, on the first CUDA call. Every
+other case, and the reference backend, uses torch ops.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import torch
 
@@ -27,7 +36,13 @@ from normlab.functional.moments import (
     spatial_size,
 )
 
-__all__ = ["AffineNormFunction", "CoefficientFn", "affine_norm", "apply_affine"]
+__all__ = [
+    "AffineNormFunction",
+    "CoefficientFn",
+    "affine_norm",
+    "apply_affine",
+    "triton_available",
+]
 
 CoefficientFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -43,6 +58,56 @@ def apply_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
     return y.to(x.dtype)
 
 
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@functools.cache
+def _triton_kernels() -> ModuleType | None:
+    """The Triton kernels module, or ``None`` (with one warning) if it cannot be imported."""
+    try:
+        from normlab.functional import triton_kernels
+    except Exception as error:  # missing triton: silent; a broken install: say so once
+        if getattr(error, "name", None) != "triton":
+            warnings.warn(
+                f"normlab: Triton kernels unavailable, using torch ops on CUDA ({error})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return None
+    return triton_kernels
+
+
+def triton_available(x: torch.Tensor) -> bool:
+    """Whether the fused backend runs ``x``'s big-tensor passes as Triton kernels.
+
+    True for a contiguous CUDA tensor of shape (N, C, *) with at least one element and
+    dtype float16, bfloat16 or float32, when ``triton`` can be imported.
+    """
+    return (
+        x.is_cuda
+        and x.dim() > 2
+        and x.numel() > 0
+        and x.dtype in _TRITON_DTYPES
+        and x.is_contiguous()
+        and _triton_kernels() is not None
+    )
+
+
+def _moments(x: torch.Tensor, with_var: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-(n, c) moments without autograd: Triton kernel where available, else torch."""
+    if triton_available(x):
+        mean, var = _triton_kernels().row_moments(x)
+        return mean, var if with_var else None
+    return instance_moments_nograd(x, with_var=with_var)
+
+
+def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_affine`, as a Triton kernel where available."""
+    if triton_available(x):
+        return _triton_kernels().row_affine(x, scale, shift)
+    return apply_affine(x, scale, shift)
+
+
 def _spatial_sums(
     grad_y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +118,9 @@ def _spatial_sums(
     1, so that its "grad_weight" is ``sum(g * x)`` and its "grad_bias" is ``sum(g)``; no
     ``g * x`` temporary is made. Other layouts and dtypes reduce ``g * x`` directly.
     """
+    if triton_available(x):
+        s1, s2 = _triton_kernels().row_grad_sums(grad_y.contiguous(), x)
+        return s1.to(dtype), s2.to(dtype)
     dims = spatial_dims(x)
     if not (grad_y.is_contiguous() and x.is_contiguous() and x.dtype == grad_y.dtype == dtype):
         return grad_y.sum(dims, dtype=dtype), (grad_y * x).sum(dims, dtype=dtype)
@@ -74,7 +142,7 @@ class AffineNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, coef, with_var, *params):
-        mean, var = instance_moments_nograd(x, with_var=with_var)
+        mean, var = _moments(x, with_var)
         grad_x = ctx.needs_input_grad[0]
         mean = mean.requires_grad_(grad_x)
         if var is not None:
@@ -87,7 +155,7 @@ class AffineNormFunction(torch.autograd.Function):
             scale, shift = coef(mean, var, *leaves)
         ctx.save_for_backward(x)
         ctx.graph = (mean, var, leaves, scale, shift)
-        return apply_affine(x, scale.detach(), shift.detach())
+        return _affine(x, scale.detach(), shift.detach())
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -119,8 +187,12 @@ class AffineNormFunction(torch.autograd.Function):
             q = -p * mean
             if dmean is not None:
                 q = q + dmean / m
-            grad_x = apply_affine(x, p, q)
-            grad_x.addcmul_(_per_channel(scale.detach().to(x.dtype), x.dim()), grad_y)
+            if triton_available(x):
+                kernels = _triton_kernels()
+                grad_x = kernels.row_grad_input(grad_y.contiguous(), x, scale.detach(), p, q)
+            else:
+                grad_x = apply_affine(x, p, q)
+                grad_x.addcmul_(_per_channel(scale.detach().to(x.dtype), x.dim()), grad_y)
         grad_params = [None if t is None else by_input.get(id(t)) for t in leaves]
         return (grad_x, None, None, *grad_params)
 
@@ -132,9 +204,9 @@ def _reference(x, coef, with_var, params):
 
 
 def _without_grad(x, coef, with_var, params):
-    mean, var = instance_moments_nograd(x, with_var=with_var)
+    mean, var = _moments(x, with_var)
     scale, shift = coef(mean, var, *params)
-    return apply_affine(x, scale, shift)
+    return _affine(x, scale, shift)
 
 
 def affine_norm(
