@@ -101,3 +101,18 @@ def test_affine_norm_without_grad_skips_the_function():
         y = F.affine_norm(x, instance_coef, (weight,))
     assert y.grad_fn is None
     torch.testing.assert_close(y.mean((2, 3)), torch.zeros(6, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 1e4])
+def test_fast_moments_are_accurate_for_any_offset(offset):
+    x = torch.randn(16, 8, 10, 10) + offset
+    mean, var = F.instance_moments_nograd(x)
+    exact = x.double().var((2, 3), correction=0)
+    assert ((var.double() - exact) / exact).abs().max() < 2e-5
+    torch.testing.assert_close(mean.double(), x.double().mean((2, 3)), rtol=1e-6, atol=1e-4)
+
+
+def test_fast_moments_of_constant_rows_are_zero():
+    x = torch.full((2, 3, 1, 1), 5.0)
+    mean, var = F.instance_moments_nograd(x)
+    assert torch.all(var == 0) and torch.all(mean == 5.0)

@@ -13,6 +13,7 @@ from normlab.functional.backends import (
 )
 from normlab.functional.moments import (
     instance_moments,
+    instance_moments_nograd,
     spatial_dims,
     spatial_size,
     statistics_dtype,
@@ -35,6 +36,7 @@ __all__ = [
     "get_backend",
     "group_moments",
     "instance_moments",
+    "instance_moments_nograd",
     "layer_moments",
     "pool_moments",
     "resolve_backend",

@@ -63,21 +63,35 @@ def instance_moments(
     return mean, var
 
 
+_CANCELLATION_LIMIT = 100.0
+"""Rows with mean^2 > this * var fall back to the two-pass kernel: there the one-pass
+variance ``E[x^2] - mean^2`` would lose more than about 1e-5 of its relative precision in
+float32."""
+
+
 def instance_moments_nograd(
     x: torch.Tensor, *, with_var: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`instance_moments` without autograd, through torch's batch-norm statistics kernel.
+    """:func:`instance_moments` without autograd, fast on CPU.
 
-    A contiguous (N, C, *) tensor viewed as (1, N*C, M) has one "channel" per (n, c) pair,
-    so ``torch.batch_norm_update_stats`` computes every per-(n, c) mean and biased variance
-    in one vectorized two-pass reduction with no temporaries (``torch.var_mean`` over the
-    trailing axes is several times slower on CPU). Other layouts fall back to
+    For contiguous float32/float64 inputs the rows of the (N*C, M) view are reduced to
+    ``sum(x)`` and a batched dot product ``sum(x*x)`` (no temporaries), and
+    ``var = E[x^2] - mean^2``. That formula cancels badly when ``|mean| >> std``, so if any
+    row has ``mean^2 > 100 * var`` all moments are recomputed with torch's two-pass
+    batch-norm statistics kernel on the (1, N*C, M) view (one "channel" per (n, c)
+    pair), which is also the path for half inputs. Other layouts fall back to
     :func:`instance_moments`.
     """
     if not (with_var and x.is_contiguous() and x.dim() > 2):
         with torch.no_grad():
             return instance_moments(x, with_var=with_var)
     n, c = x.shape[:2]
+    if x.dtype in (torch.float32, torch.float64):
+        rows = x.reshape(n * c, -1)
+        mean = rows.sum(1).div_(rows.shape[1])
+        var = torch.einsum("ns,ns->n", rows, rows).div_(rows.shape[1]).sub_(mean.square())
+        if not bool((mean.square() > _CANCELLATION_LIMIT * var).any()):
+            return mean.view(n, c), var.clamp_min_(0.0).view(n, c)
     mean, var = torch.batch_norm_update_stats(x.reshape(1, n * c, -1), None, None, 0.0)
     dtype = statistics_dtype(x)
     return mean.reshape(n, c).to(dtype), var.reshape(n, c).to(dtype)
