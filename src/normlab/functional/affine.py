@@ -183,10 +183,9 @@ class AffineNormFunction(torch.autograd.Function):
             m = spatial_size(x)
             dmean = by_input.get(id(mean))
             dvar = by_input.get(id(var)) if var is not None else None
-            p = torch.zeros_like(scale) if dvar is None else 2.0 * dvar / m
-            q = -p * mean
-            if dmean is not None:
-                q = q + dmean / m
+            p = torch.zeros_like(scale) if dvar is None else dvar * (2.0 / m)
+            q = torch.zeros_like(scale) if dmean is None else dmean * (1.0 / m)
+            q = torch.addcmul(q, p, mean, value=-1.0)
             if triton_available(x):
                 kernels = _triton_kernels()
                 grad_x = kernels.row_grad_input(grad_y.contiguous(), x, scale.detach(), p, q)

@@ -123,8 +123,8 @@ class NormBase(nn.Module):
             beta = beta * beta_gate
         if gamma is not None:
             scale = gamma * scale
-            shift = gamma * shift
-        if beta is not None:
+            shift = gamma * shift if beta is None else torch.addcmul(beta, gamma, shift)
+        elif beta is not None:
             shift = shift + beta
         return scale.expand(mean.shape), shift.expand(mean.shape)
 

@@ -114,11 +114,14 @@ class BatchStatistics(nn.Module):
             factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
         else:
             factor = self.momentum
-        n = batch_mean.shape[0]
-        if n > 1:
-            batch_mean, batch_var = batch_mean[::group], batch_var[::group]
-        sizes = [min(group, n - start) for start in range(0, n, group)] if n > 1 else [group]
-        values = torch.tensor(sizes, dtype=batch_var.dtype, device=batch_var.device) * count
-        unbiased = batch_var.detach() * (values / (values - 1)).unsqueeze(1)
-        self.running_mean.lerp_(batch_mean.detach().mean(0).to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased.mean(0).to(self.running_var.dtype), factor)
+        if batch_mean.shape[0] == 1:
+            values = group * count
+            batch_mean, unbiased = batch_mean[0], batch_var[0] * (values / (values - 1))
+        else:
+            n = batch_mean.shape[0]
+            sizes = [min(group, n - start) for start in range(0, n, group)]
+            values = torch.tensor(sizes, dtype=batch_var.dtype, device=batch_var.device) * count
+            batch_mean = batch_mean[::group].mean(0)
+            unbiased = (batch_var[::group] * (values / (values - 1)).unsqueeze(1)).mean(0)
+        self.running_mean.lerp_(batch_mean.detach().to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), factor)
