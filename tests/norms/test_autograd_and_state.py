@@ -114,3 +114,17 @@ def test_compile_fullgraph_matches_eager(variant, training):
         )
     for key, value in eager.state_dict().items():
         torch.testing.assert_close(compiled_layer.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("variant", ["bn", "sn", "bin"])
+def test_outputs_can_be_modified_in_place(variant):
+    """Networks apply ReLU(inplace=True) right after the norm."""
+    grads = {}
+    for backend in ("reference", "fused"):
+        torch.manual_seed(3)
+        layer = layer_for(variant, backend=backend)
+        x = torch.randn(4, C, 3, 3, dtype=torch.float64, requires_grad=True)
+        y = torch.relu_(layer(x))
+        (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads[backend] = x.grad
+    torch.testing.assert_close(grads["fused"], grads["reference"])
