@@ -10,9 +10,13 @@ replaced). Shipped files whose name starts with ``_`` are fragments meant only a
 
 Overrides use dotted keys and YAML scalars, as in timm: ``optim.lr=0.05``,
 ``model.norm=iebn``, ``schedule.milestones=[2,4]``, ``model.kwargs.drop_rate=0.5``.
-Keys under the free-form mappings (``model.kwargs``, ``data.kwargs``,
+Keys under the free-form mappings (``model.kwargs``, ``data.kwargs``, ``data.mix.kwargs``,
 ``optim.param_groups``) are passed through to the function they configure; every other
 unknown key raises :class:`~normlab.train.errors.ConfigError` naming the valid keys near it.
+
+Optional sections (``data.mix``) are ``null`` by default; setting any of their keys, in a
+file or with ``--set data.mix.k=2``, switches them on with defaults for the other keys, and
+``--set data.mix=null`` switches them off again.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from normlab.train.errors import ConfigError
 __all__ = [
     "Config",
     "DataConfig",
+    "MixConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
@@ -69,6 +74,66 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+_NORMALIZE_SECONDARY = ("primary", "own")
+
+
+@dataclass
+class MixConfig:
+    """Mix-datasets attack (IEBN paper, Table 3): foreign images in every training batch.
+
+    With ``data.mix`` set, training batches come from :class:`normlab.data.MixedLoader`:
+    ``data.batch_size`` primary images (the paper: 100 CIFAR-100 images) followed by
+    ``k * secondary_per_k`` images of the ``dataset`` training split (the paper: 120·k MNIST
+    or Fashion-MNIST images at 32×32×3), so a training batch holds
+    ``data.batch_size + k * secondary_per_k`` images (:attr:`DataConfig.train_batch`, which
+    is also the batch that ``optim.lr_reference_batch`` scaling uses). Epochs are passes
+    over the primary data, the last incomplete batch dropped (``data.drop_last`` must stay
+    true). ``data.augment`` applies to the whole batch.
+
+    The network gets primary + secondary outputs (secondary labels follow the primary's;
+    ``model.num_classes``, if set, must be that sum). ``train_loss``/``train_acc`` score the
+    mixed batches over all outputs. Every test metric (``test_acc``, ``test_acc5``,
+    ``test_loss``, hence ``final_acc``/``best_acc`` in ``summary.json`` and ``normlab eval``)
+    is measured on the primary ``data.test_split`` alone with the primary outputs only
+    (argmax over the first ``primary`` columns, as
+    :func:`normlab.data.count_primary_correct`), so it compares with primary-only training.
+
+    Attributes:
+        dataset: Secondary data set name, e.g. ``mnist``, ``fashion_mnist``, ``synthetic``.
+        root: Its local folder; ``None`` for built-in data.
+        k: Multiplier of the secondary count (the paper: 2 or 3); 0 gives primary-only
+            batches (with the extra outputs).
+        secondary_per_k: Secondary images per batch per unit of ``k`` (the paper: 120).
+        normalize: Normalize secondary images with the ``primary``'s mean/std (default: one
+            input pipeline) or their ``own``.
+        kwargs: Extra ``create_dataset`` options for the secondary set. ``size`` and
+            ``channels`` default to the primary's image size and channels when its reader
+            takes them (MNIST at 32×32×3 next to CIFAR).
+    """
+
+    dataset: str = "mnist"
+    root: str | None = None
+    k: int = 2
+    secondary_per_k: int = 120
+    normalize: str = "primary"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ConfigError(f"data.mix.k must be >= 0, got {self.k}")
+        if self.secondary_per_k < 0:
+            raise ConfigError(f"data.mix.secondary_per_k must be >= 0, got {self.secondary_per_k}")
+        if self.normalize not in _NORMALIZE_SECONDARY:
+            raise ConfigError(
+                f"data.mix.normalize must be 'primary' or 'own', got {self.normalize!r}"
+            )
+
+    @property
+    def secondary_batch(self) -> int:
+        """Secondary images per training batch, ``k * secondary_per_k``."""
+        return self.k * self.secondary_per_k
+
+
 @dataclass
 class DataConfig:
     """Which data to train and evaluate on (``normlab.data``).
@@ -78,11 +143,14 @@ class DataConfig:
         root: Local folder or archive with the data; ``None`` for built-in data.
         train_split: Split used for training.
         test_split: Split evaluated every epoch.
-        batch_size: Training batch size (the global batch the recipe states).
+        batch_size: Training batch size (the global batch the recipe states); with
+            ``mix``, the primary images per batch, to which the secondary ones are added.
         eval_batch_size: Evaluation batch size; ``None`` uses ``batch_size``.
         augment: Apply the loader's training augmentation (crop with padding, flip).
         drop_last: Drop the last incomplete training batch.
         kwargs: Extra keyword arguments for ``create_dataset`` (both splits).
+        mix: Mix a secondary data set into every training batch (:class:`MixConfig`);
+            ``None`` (default) trains on this data set alone.
     """
 
     name: str = "digits"
@@ -94,6 +162,21 @@ class DataConfig:
     augment: bool = True
     drop_last: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
+    mix: MixConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.mix is not None and not self.drop_last:
+            raise ConfigError(
+                "data.mix always drops the last incomplete primary batch; "
+                "leave data.drop_last=true (or set data.mix=null)"
+            )
+
+    @property
+    def train_batch(self) -> int:
+        """Images per training batch: ``batch_size``, plus ``mix``'s secondary images."""
+        return self.batch_size + (self.mix.secondary_batch if self.mix else 0)
 
 
 @dataclass
@@ -107,7 +190,8 @@ class OptimConfig:
         nesterov: Use Nesterov momentum.
         weight_decay: L2 weight decay for parameters whose role allows it.
         lr_reference_batch: If set, the learning rate is scaled linearly with the batch
-            size, ``lr * data.batch_size / lr_reference_batch`` (SN recipe: 256).
+            size, ``lr * batch / lr_reference_batch`` (SN recipe: 256), where ``batch`` is
+            ``data.batch_size`` plus the secondary images of ``data.mix``.
         grad_clip: Clip the global gradient norm to this value; ``None`` disables.
         param_groups: Extra options for ``normlab.param_groups`` (e.g. a BIN gate lr factor).
     """
@@ -204,7 +288,7 @@ class Config:
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-_FREE_FORM = {"model.kwargs", "data.kwargs", "optim.param_groups"}
+_FREE_FORM = {"model.kwargs", "data.kwargs", "data.mix.kwargs", "optim.param_groups"}
 _CONFIG_DIR = ("experiments", "configs")
 
 
@@ -327,6 +411,17 @@ def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     )
 
 
+def _section(annotation: Any) -> Any:
+    """The dataclass of a ``Section`` or ``Section | None`` annotation, else ``None``."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        sections = [a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a)]
+        if len(sections) == 1:
+            return sections[0]
+    return None
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"config section {prefix!r} must be a mapping, got {raw!r}")
@@ -338,10 +433,13 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if key not in names:
             raise _unknown_key(full, names)
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, full)
-        else:
+        section = _section(hint)
+        if section is None:
             kwargs[key] = _coerce(value, hint, full)
+        elif value is None and section is not hint:
+            kwargs[key] = None  # an optional section switched off
+        else:
+            kwargs[key] = _build(section, value, full)
     return cls(**kwargs)
 
 
@@ -371,8 +469,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _check_path(parts: list[str]) -> None:
+def _check_path(parts: list[str], value: Any) -> None:
     cls: Any = Config
+    hint: Any = Config
     for depth, part in enumerate(parts):
         prefix = ".".join(parts[:depth])
         if prefix in _FREE_FORM:
@@ -380,12 +479,17 @@ def _check_path(parts: list[str]) -> None:
         names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:
             raise _unknown_key(".".join(parts[: depth + 1]), names)
-        cls = typing.get_type_hints(cls)[part]
+        hint = typing.get_type_hints(cls)[part]
+        cls = _section(hint) or hint
         if not dataclasses.is_dataclass(cls) and depth < len(parts) - 1:
             if ".".join(parts[: depth + 1]) not in _FREE_FORM:
                 raise ConfigError(f"config key {'.'.join(parts[: depth + 1])!r} has no sub-keys")
-    if dataclasses.is_dataclass(cls):
-        raise ConfigError(f"{'.'.join(parts)!r} is a section; set one of its keys instead")
+    optional_off = value is None and cls is not hint
+    if dataclasses.is_dataclass(cls) and not optional_off:
+        hint_off = " (or =null to switch it off)" if cls is not hint else ""
+        raise ConfigError(
+            f"{'.'.join(parts)!r} is a section; set one of its keys instead{hint_off}"
+        )
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -404,7 +508,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     out = _merge({}, raw)
     for item in overrides:
         parts, value = _parse_override(item)
-        _check_path(parts)
+        _check_path(parts, value)
         node = out
         for part in parts[:-1]:
             child = node.get(part)

@@ -192,7 +192,7 @@ class Trainer:
             "train_acc": 100.0 * correct.item() / seen,
         }
 
-    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, loader: Iterable[Any], *, classes: int | None = None) -> dict[str, float]:
         """Evaluate the model on ``loader`` (see :func:`evaluate`)."""
         return evaluate(
             self.model,
@@ -201,6 +201,7 @@ class Trainer:
             amp="bf16" if self.use_amp else "none",
             channels_last=self.channels_last,
             forward=self.forward,
+            classes=classes,
         )
 
 
@@ -213,6 +214,7 @@ def evaluate(
     amp: str = "none",
     channels_last: bool = False,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    classes: int | None = None,
 ) -> dict[str, float]:
     """Evaluate a classifier in eval mode (running or batch-averaged norm statistics).
 
@@ -224,11 +226,16 @@ def evaluate(
         channels_last: Feed channels-last inputs (CUDA only).
         forward: Callable used for the forward pass (e.g. the compiled model);
             default ``model``.
+        classes: Score only the first ``classes`` outputs, as a classifier over those
+            classes (the primary classes of a mixed-data run: loss, top-1 and top-5 all
+            use these columns); ``None`` scores all outputs.
 
     Returns:
         ``test_loss``, ``test_acc`` and ``test_acc5`` (top-1/top-5, percent) and
         ``eval_time_s``.
     """
+    from normlab.data import primary_logits
+
     start = time.perf_counter()
     forward = model if forward is None else forward
     model.eval()
@@ -239,6 +246,8 @@ def evaluate(
     for x, y in loader:
         with _autocast(amp == "bf16" and device.type == "cuda"):
             logits = forward(_as_input(x, channels_last and device.type == "cuda")).float()
+        if classes is not None:
+            logits = primary_logits(logits, classes)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         k = min(5, logits.shape[1])
         hits = logits.topk(k, dim=1).indices == y[:, None]

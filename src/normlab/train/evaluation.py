@@ -54,8 +54,9 @@ def evaluate_run(
 
     Returns:
         ``checkpoint``, ``epoch`` and ``test_loss``/``test_acc``/``test_acc5`` with the
-        stored statistics; with ``recompute_stats``, also ``recomputed`` holding the same
-        metrics after batch-average re-estimation and ``num_batches``.
+        stored statistics (a mixed-data run: on the primary classes, as in training); with
+        ``recompute_stats``, also ``recomputed`` holding the same metrics after
+        batch-average re-estimation and ``num_batches``.
 
     Raises:
         RunDirError: No ``config.yaml`` in ``run_dir``.
@@ -74,6 +75,7 @@ def evaluate_run(
         "device": device,
         "amp": config.train.amp,
         "channels_last": config.train.channels_last,
+        "classes": loaders.test_classes,
     }
     result: dict[str, Any] = {"checkpoint": str(path), "epoch": ckpt["epoch"]}
     result.update(evaluate(model, loaders.test, **kwargs))

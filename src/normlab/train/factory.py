@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normlab.train.config import DataConfig, ModelConfig, OptimConfig
+from normlab.train.config import DataConfig, MixConfig, ModelConfig, OptimConfig
 from normlab.train.errors import ConfigError
 from normlab.train.schedule import scaled_lr
 
@@ -48,31 +48,83 @@ class Loaders:
     Attributes:
         train: Shuffling, augmenting loader of training batches (``set_epoch`` aware).
         test: Sequential, non-augmenting loader of the test split.
-        num_classes: Number of classes of the data set.
+        num_classes: Number of classes the model must output (with ``data.mix``: primary
+            plus secondary classes).
         in_chans: Image channels.
+        test_classes: Score test batches on the first ``test_classes`` outputs only (the
+            primary classes of a mixed run); ``None`` scores all outputs.
     """
 
     train: Any
     test: Any
     num_classes: int
     in_chans: int
+    test_classes: int | None = None
+
+
+def _secondary_options(mix: MixConfig, primary: Any) -> dict[str, Any]:
+    """``mix.kwargs`` plus the primary's ``size``/``channels`` where the reader takes them."""
+    from normlab.data import dataset_info
+
+    channels, height, width = primary.image_shape
+    shape = {"channels": channels, **({"size": height} if height == width else {})}
+    accepted = dataset_info(mix.dataset).options
+    return {**{k: v for k, v in shape.items() if k in accepted}, **mix.kwargs}
+
+
+def _mixed_train_loader(
+    data: DataConfig, mix: MixConfig, primary: Any, *, seed: int, device: torch.device
+) -> Any:
+    """A :class:`normlab.data.MixedLoader` of ``primary`` and ``mix``'s training split.
+
+    Raises:
+        ConfigError: The two data sets cannot be mixed (e.g. different image shapes).
+    """
+    from normlab.data import MixedLoader, create_dataset
+
+    options = _secondary_options(mix, primary)
+    secondary = create_dataset(mix.dataset, root=mix.root, split="train", **options)
+    try:
+        return MixedLoader(
+            primary,
+            secondary,
+            mix.k,
+            primary_batch=data.batch_size,
+            secondary_per_k=mix.secondary_per_k,
+            augment=data.augment,
+            seed=seed,
+            device=device,
+            normalize_secondary=mix.normalize,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"data.mix cannot mix {data.name} with {mix.dataset}: {exc}") from exc
 
 
 def build_loaders(data: DataConfig, *, seed: int, device: torch.device) -> Loaders:
-    """Read both splits with ``normlab.data.create_dataset`` and wrap them in device loaders."""
+    """Read both splits with ``normlab.data.create_dataset`` and wrap them in device loaders.
+
+    With ``data.mix``, training batches mix in the secondary data set and the test split
+    is scored on the primary classes only (see :class:`~normlab.train.config.MixConfig`).
+    """
     from normlab.data import DeviceLoader, create_dataset
 
     train_set = create_dataset(data.name, root=data.root, split=data.train_split, **data.kwargs)
     test_set = create_dataset(data.name, root=data.root, split=data.test_split, **data.kwargs)
-    train = DeviceLoader(
-        train_set,
-        data.batch_size,
-        train=True,
-        augment=data.augment,
-        drop_last=data.drop_last,
-        seed=seed,
-        device=device,
-    )
+    in_chans = int(train_set.images.shape[1])
+    if data.mix is not None:
+        train = _mixed_train_loader(data, data.mix, train_set, seed=seed, device=device)
+        classes = (train.num_classes, train.num_primary_classes)
+    else:
+        train = DeviceLoader(
+            train_set,
+            data.batch_size,
+            train=True,
+            augment=data.augment,
+            drop_last=data.drop_last,
+            seed=seed,
+            device=device,
+        )
+        classes = (train_set.num_classes, None)
     test = DeviceLoader(
         test_set,
         data.eval_batch_size or data.batch_size,
@@ -82,13 +134,22 @@ def build_loaders(data: DataConfig, *, seed: int, device: torch.device) -> Loade
         seed=seed,
         device=device,
     )
-    return Loaders(train, test, train_set.num_classes, int(train_set.images.shape[1]))
+    return Loaders(train, test, classes[0], in_chans, test_classes=classes[1])
 
 
 def build_model(model: ModelConfig, *, num_classes: int, in_chans: int) -> nn.Module:
-    """``normlab.models.create_model`` with the data's classes and channels as defaults."""
+    """``normlab.models.create_model`` with the data's classes and channels as defaults.
+
+    Raises:
+        ConfigError: ``model.num_classes`` is fewer than the data's labels need.
+    """
     from normlab.models import create_model
 
+    if model.num_classes is not None and model.num_classes < num_classes:
+        raise ConfigError(
+            f"model.num_classes={model.num_classes} is fewer than the {num_classes} classes "
+            "of the data (with data.mix: primary + secondary); leave it null"
+        )
     return create_model(
         model.name,
         num_classes=model.num_classes or num_classes,

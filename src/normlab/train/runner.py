@@ -146,7 +146,7 @@ class _Run:
         self.device, self.loaders, model = build_setup(cfg, builders)
         self.model = model
         self.environment = environment(self.device)
-        self.optimizer = builders.optimizer(model, cfg.optim, cfg.data.batch_size)
+        self.optimizer = builders.optimizer(model, cfg.optim, cfg.data.train_batch)
         self.trainer = Trainer(
             model,
             self.optimizer,
@@ -230,7 +230,8 @@ class _Run:
                 start = time.perf_counter()
                 row: dict[str, Any] = {"epoch": self.epoch + 1}
                 row.update(self.trainer.train_epoch(self.loaders.train, self.epoch))
-                row.update(self.trainer.evaluate(self.loaders.test))
+                test = self.trainer.evaluate(self.loaders.test, classes=self.loaders.test_classes)
+                row.update(test)
                 row["time_s"] = time.perf_counter() - start
                 self.epoch += 1
                 self.elapsed += row["time_s"]
