@@ -17,14 +17,13 @@ import torch
 from torch import nn
 
 from normlab.norms.base import NormBase
-from normlab.norms.batch_stats import BatchStatistics
-from normlab.norms.standard import check_instance_statistics, standardize
+from normlab.norms.standard import BatchNorm, check_instance_statistics, standardize
 
 __all__ = ["BatchInstanceNorm", "BatchInstanceNorm1d", "BatchInstanceNorm2d", "BatchInstanceNorm3d"]
 
 
-class BatchInstanceNorm(BatchStatistics, NormBase):
-    """Batch-Instance Normalization on the shared core.
+class BatchInstanceNorm(BatchNorm):
+    """Batch-Instance Normalization: :class:`BatchNorm` mixed with instance normalization.
 
     Args:
         num_features, eps, momentum, affine, track_running_stats, virtual_batch_size:
@@ -52,20 +51,22 @@ class BatchInstanceNorm(BatchStatistics, NormBase):
         virtual_batch_size: int | None = None,
         backend: str | None = None,
     ) -> None:
-        super().__init__(num_features, eps, affine, backend=backend)
-        self.init_batch_statistics(
-            num_features, momentum, track_running_stats, virtual_batch_size
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats,
+            virtual_batch_size=virtual_batch_size, backend=backend,
         )
         self.gate = nn.Parameter(torch.full((num_features,), float(gate_init)))
 
     def coefficient_params(self):
         return {**super().coefficient_params(), "gate": self.gate}
 
+    def needs_variance(self) -> bool:
+        """The IN branch uses the sample's variance in training and in eval."""
+        return True
+
     def normalizer(self, mean, var, params, count):
         rho = params["gate"]
-        batch_scale, batch_shift = standardize(
-            *self.batch_statistics(mean, var, count), self.eps
-        )
+        batch_scale, batch_shift = super().normalizer(mean, var, params, count)
         check_instance_statistics(self, count)
         instance_scale, instance_shift = standardize(mean, var, self.eps)
         return (

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.norms.base import NormBase
-from normlab.norms.batch_stats import BatchStatistics
-from normlab.norms.standard import standardize
+from normlab.norms.standard import BatchNorm
 
 __all__ = ["IEBN", "IEBN1d", "IEBN2d", "IEBN3d"]
 
@@ -37,8 +36,8 @@ def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
     return value
 
 
-class IEBN(BatchStatistics, NormBase):
-    """Instance-Enhancement Batch Normalization on the shared core.
+class IEBN(BatchNorm):
+    """Instance-Enhancement Batch Normalization: :class:`BatchNorm` with a gated scale.
 
     Args:
         num_features: C.
@@ -90,9 +89,9 @@ class IEBN(BatchStatistics, NormBase):
         virtual_batch_size: int | None = None,
         backend: str | None = None,
     ) -> None:
-        super().__init__(num_features, eps, affine, backend=backend)
-        self.init_batch_statistics(
-            num_features, momentum, track_running_stats, virtual_batch_size
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats,
+            virtual_batch_size=virtual_batch_size, backend=backend,
         )
         self.operator = _choice(operator, OPERATORS, "operator")
         self.position = _choice(position, POSITIONS, "position")
@@ -131,12 +130,6 @@ class IEBN(BatchStatistics, NormBase):
         params = super().coefficient_params()
         params.update({name: getattr(self, name) for name in self.gate_param_names()})
         return params
-
-    def needs_variance(self) -> bool:
-        return self.uses_batch_statistics()
-
-    def normalizer(self, mean, var, params, count):
-        return standardize(*self.batch_statistics(mean, var, count), self.eps)
 
     def gate(self, mean: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """delta[n, c] from the raw per-(n, c) means (IEBN Alg. 1 step 8, Eqn. 8)."""
