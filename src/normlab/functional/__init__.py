@@ -16,6 +16,7 @@ from normlab.functional.moments import (
     instance_moments_nograd,
     spatial_dims,
     spatial_size,
+    spatial_sums,
     statistics_dtype,
 )
 from normlab.functional.pooling import (
@@ -43,6 +44,7 @@ __all__ = [
     "set_backend",
     "spatial_dims",
     "spatial_size",
+    "spatial_sums",
     "statistics_dtype",
     "use_backend",
     "virtual_batch_moments",

@@ -32,8 +32,8 @@ from normlab.functional.backends import resolve_backend
 from normlab.functional.moments import (
     instance_moments,
     instance_moments_nograd,
-    spatial_dims,
     spatial_size,
+    spatial_sums,
 )
 
 __all__ = [
@@ -129,27 +129,11 @@ def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
 def _spatial_sums(
     grad_y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``S1 = sum(g)`` and ``S2 = sum(g * x)`` over the spatial axes per (n, c).
-
-    For contiguous inputs of the statistics dtype both come from one pass of torch's
-    batch-norm backward reduction over the (1, N*C, M) view, with mean 0 and inverse std
-    1, so that its "grad_weight" is ``sum(g * x)`` and its "grad_bias" is ``sum(g)``; no
-    ``g * x`` temporary is made. Other layouts and dtypes reduce ``g * x`` directly.
-    """
+    """:func:`~normlab.functional.moments.spatial_sums`, as a Triton kernel where available."""
     if triton_available(x):
         s1, s2 = _triton_kernels().row_grad_sums(grad_y.contiguous(), x)
         return s1.to(dtype), s2.to(dtype)
-    dims = spatial_dims(x)
-    if not (grad_y.is_contiguous() and x.is_contiguous() and x.dtype == grad_y.dtype == dtype):
-        return grad_y.sum(dims, dtype=dtype), (grad_y * x).sum(dims, dtype=dtype)
-    n, c = x.shape[:2]
-    zeros = x.new_zeros(n * c)
-    ones = x.new_ones(n * c)
-    _, s2, s1 = torch.ops.aten.native_batch_norm_backward(
-        grad_y.reshape(1, n * c, -1), x.reshape(1, n * c, -1), ones, None, None, zeros, ones,
-        True, 0.0, [False, True, True],
-    )
-    return s1.view(n, c), s2.view(n, c)
+    return spatial_sums(grad_y, x, dtype)
 
 
 class AffineNormFunction(torch.autograd.Function):

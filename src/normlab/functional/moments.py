@@ -14,6 +14,7 @@ __all__ = [
     "instance_moments",
     "instance_moments_nograd",
     "spatial_dims",
+    "spatial_sums",
     "spatial_size",
     "statistics_dtype",
 ]
@@ -69,29 +70,55 @@ variance ``E[x^2] - mean^2`` would lose more than about 1e-5 of its relative pre
 float32."""
 
 
+def spatial_sums(
+    grad: torch.Tensor, x: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``S1 = sum(grad)`` and ``S2 = sum(grad * x)`` over the spatial axes per (n, c).
+
+    For contiguous ``grad`` and ``x`` of dtype ``dtype`` both come from one pass of torch's
+    batch-norm backward reduction over the (1, N*C, M) view with mean 0 and inverse std 1,
+    whose "grad_weight" is then ``sum(grad * x)`` and whose "grad_bias" is ``sum(grad)``;
+    no ``grad * x`` temporary is made. Other layouts and dtypes reduce ``grad * x``
+    directly. Results are (N, C) tensors of dtype ``dtype``.
+    """
+    if not (
+        grad.is_contiguous() and x.is_contiguous() and x.dtype == grad.dtype == dtype
+    ):
+        dims = spatial_dims(x)
+        return grad.sum(dims, dtype=dtype), (grad * x).sum(dims, dtype=dtype)
+    n, c = x.shape[:2]
+    zeros = x.new_zeros(n * c)
+    ones = x.new_ones(n * c)
+    _, s2, s1 = torch.ops.aten.native_batch_norm_backward(
+        grad.reshape(1, n * c, -1), x.reshape(1, n * c, -1), ones, None, None, zeros, ones,
+        True, 0.0, [False, True, True],
+    )
+    return s1.view(n, c), s2.view(n, c)
+
+
 def instance_moments_nograd(
     x: torch.Tensor, *, with_var: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`instance_moments` without autograd, fast on CPU.
 
-    For contiguous float32/float64 inputs the rows of the (N*C, M) view are reduced to
-    ``sum(x)`` and a batched dot product ``sum(x*x)`` (no temporaries), and
-    ``var = E[x^2] - mean^2``. That formula cancels badly when ``|mean| >> std``, so if any
-    row has ``mean^2 > 100 * var`` all moments are recomputed with torch's two-pass
-    batch-norm statistics kernel on the (1, N*C, M) view (one "channel" per (n, c)
-    pair), which is also the path for half inputs. Other layouts fall back to
-    :func:`instance_moments`.
+    For contiguous float32/float64 inputs ``sum(x)`` and ``sum(x * x)`` come from one pass
+    (:func:`spatial_sums` of ``x`` with itself) and ``var = E[x^2] - mean^2``. That formula
+    cancels badly when ``|mean| >> std``, so if any row has ``mean^2 > 100 * var`` all
+    moments are recomputed with torch's two-pass batch-norm statistics kernel on the
+    (1, N*C, M) view (one "channel" per (n, c) pair), which is also the path for half
+    inputs. Other layouts fall back to :func:`instance_moments`.
     """
     if not (with_var and x.is_contiguous() and x.dim() > 2):
         with torch.no_grad():
             return instance_moments(x, with_var=with_var)
     n, c = x.shape[:2]
     if x.dtype in (torch.float32, torch.float64):
-        rows = x.reshape(n * c, -1)
-        mean = rows.sum(1).div_(rows.shape[1])
-        var = torch.einsum("ns,ns->n", rows, rows).div_(rows.shape[1]).sub_(mean.square())
+        total, squares = spatial_sums(x, x, x.dtype)
+        count = spatial_size(x)
+        mean = total.div_(count)
+        var = squares.div_(count).sub_(mean.square())
         if not bool((mean.square() > _CANCELLATION_LIMIT * var).any()):
-            return mean.view(n, c), var.clamp_min_(0.0).view(n, c)
+            return mean, var.clamp_min_(0.0)
     mean, var = torch.batch_norm_update_stats(x.reshape(1, n * c, -1), None, None, 0.0)
     dtype = statistics_dtype(x)
     return mean.reshape(n, c).to(dtype), var.reshape(n, c).to(dtype)
