@@ -2,8 +2,10 @@
 
 For each shape, torch's BatchNorm2d and every normlab layer (default backend, and the
 plain reference backend; compiled too with ``compile=True``) are timed in interleaved
-rounds, forward and forward+backward, in training mode. Times, bytes saved for backward
-and peak memory are reported as ratios to torch's BatchNorm2d of the same run.
+rounds, forward and forward+backward, in training mode. Times (as medians of per-round
+paired ratios, see :mod:`normlab.bench.measure`), bytes saved for backward and peak memory
+are reported as ratios to torch's BatchNorm2d of the same run; the spread is that of the
+paired fwd+bwd ratios.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def _bench_shape(
     results = []
     for key in layers:
         step_s = step_times[key].median
+        step_ratio = step_times[key].ratio_to(step_times[base])
         results.append(
             LayerResult(
                 shape=shape,
@@ -148,9 +151,9 @@ def _bench_shape(
                 backend=key[1],
                 forward_ms=forward_times[key].median * 1e3,
                 step_ms=step_s * 1e3,
-                forward_ratio=forward_times[key].median / forward_times[base].median,
-                step_ratio=step_s / step_times[base].median,
-                step_spread=step_times[key].spread,
+                forward_ratio=forward_times[key].ratio_to(forward_times[base]).median,
+                step_ratio=step_ratio.median,
+                step_spread=step_ratio.spread,
                 saved_ratio=saved[key] / max(saved[base], 1),
                 peak_ratio=peaks[key] / max(peaks[base], 1),
                 step_gbps=bytes_moved(x) / step_s / 1e9 if dev.type == "cuda" else None,

@@ -1,7 +1,10 @@
 """Timing and memory measurements for the benchmarks.
 
 Candidates are timed in interleaved rounds (one call of each per round) so that machine
-noise hits all of them alike; results are medians with an inter-quartile spread.
+noise hits all of them alike. Ratios are paired: each round's time is divided by the
+baseline's time in the same round and the median of those ratios is reported, so a slow
+stretch of the machine cancels out instead of landing on whichever candidate ran in it.
+Results are medians with an inter-quartile spread.
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ __all__ = ["Timing", "interleaved_times", "peak_bytes", "saved_bytes"]
 
 
 class Timing:
-    """Median and relative inter-quartile spread of a list of seconds."""
+    """Median and relative inter-quartile spread of a list of seconds (or of ratios)."""
 
     def __init__(self, seconds: Sequence[float]) -> None:
-        ordered = sorted(seconds)
+        self.seconds = list(seconds)
+        ordered = sorted(self.seconds)
         self.median = statistics.median(ordered)
         quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
         self.spread = (quartiles[2] - quartiles[0]) / self.median if self.median else 0.0
+
+    def ratio_to(self, base: Timing) -> Timing:
+        """The per-round ratios ``self / base`` of two interleaved timings, as a Timing."""
+        pairs = zip(self.seconds, base.seconds, strict=True)
+        return Timing([mine / theirs for mine, theirs in pairs])
 
 
 def _synchronize(device: torch.device) -> None:

@@ -19,8 +19,8 @@ BASELINE = "torch BatchNorm2d"
 
 @dataclass
 class ModelResult:
-    """Median time of one training step (forward, backward, SGD step) and its ratio to the
-    torch BatchNorm2d network."""
+    """Median time of one training step (forward, backward, SGD step), and the median and
+    spread of its per-round ratio to the torch BatchNorm2d network."""
 
     model: str
     norm: str
@@ -66,8 +66,9 @@ def bench_models(
 
         steps[name] = step
     times = interleaved_times(steps, repeats, warmup, dev)
-    base = times[BASELINE].median
+    ratios = {name: t.ratio_to(times[BASELINE]) for name, t in times.items()}
     return [
-        ModelResult(model, name, batch_size, t.median * 1e3, t.median / base, t.spread)
+        ModelResult(model, name, batch_size, t.median * 1e3, ratios[name].median,
+                    ratios[name].spread)
         for name, t in times.items()
     ]
