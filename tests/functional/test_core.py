@@ -46,6 +46,21 @@ def test_group_and_virtual_batch_pooling_equal_direct_statistics():
         torch.testing.assert_close(var[rows][-1], x[rows].var((0, 2, 3), correction=0))
 
 
+@pytest.mark.parametrize("dim", [0, 1, (0, 1), 2])
+def test_pooling_gradients_match_autograd_of_the_formula(dim):
+    mean = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    var = torch.rand(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    pooled = F.pool_moments(mean, var, dim)
+    formula_mean = mean.mean(dim, keepdim=True)
+    formula_var = (var + (mean - formula_mean) ** 2).mean(dim, keepdim=True)
+    weights = [torch.randn_like(t) for t in pooled]
+    got = torch.autograd.grad(pooled, (mean, var), weights)
+    want = torch.autograd.grad((formula_mean, formula_var), (mean, var), weights)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert torch.autograd.gradgradcheck(lambda m, v: F.pool_moments(m, v, dim), (mean, var))
+
+
 def test_pooling_is_stable_for_large_offsets():
     x = torch.randn(8, 3, 16, 16) + 1e4
     _, var = F.batch_moments(*F.instance_moments(x))

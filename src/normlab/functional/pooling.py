@@ -19,6 +19,38 @@ __all__ = [
 ]
 
 
+class _PoolMoments(torch.autograd.Function):
+    """:func:`pool_moments` with a hand-written backward that saves only ``mean`` and the
+    pooled mean (the input ``var`` is not needed): with ``k`` groups pooled,
+
+        d mean_i = d mean_pool / k + d var_pool * 2 * (mean_i - mean_pool) / k
+        d var_i  = d var_pool / k
+
+    The backward is written in differentiable torch ops, so higher-order gradients work.
+    """
+
+    @staticmethod
+    def forward(ctx, mean, var, dim):
+        pooled_mean = mean.mean(dim, keepdim=True)
+        spread = (mean - pooled_mean).square_().add_(var)
+        pooled_var = spread.mean(dim, keepdim=True)
+        ctx.dim = dim
+        ctx.groups = mean.numel() // pooled_mean.numel()
+        ctx.save_for_backward(mean, pooled_mean)
+        return pooled_mean, pooled_var
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_var):
+        mean, pooled_mean = ctx.saved_tensors
+        k = ctx.groups
+        d_mean = d_var = None
+        if ctx.needs_input_grad[0]:
+            d_mean = (mean - pooled_mean).mul_(grad_var * (2.0 / k)).add_(grad_mean / k)
+        if ctx.needs_input_grad[1]:
+            d_var = (grad_var / k).expand_as(mean)
+        return d_mean, d_var, None
+
+
 def pool_moments(
     mean: torch.Tensor, var: torch.Tensor, dim: int | tuple[int, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,9 +64,7 @@ def pool_moments(
     Returns:
         ``(mean_pool, var_pool)`` with ``dim`` reduced to size 1.
     """
-    pooled_mean = mean.mean(dim, keepdim=True)
-    pooled_var = (var + (mean - pooled_mean).square()).mean(dim, keepdim=True)
-    return pooled_mean, pooled_var
+    return _PoolMoments.apply(mean, var, dim)
 
 
 def batch_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

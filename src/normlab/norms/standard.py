@@ -34,9 +34,13 @@ __all__ = [
 def standardize(
     mean: torch.Tensor, var: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(s, t)`` of ``x_hat = (x - mean) / sqrt(var + eps) = s * x + t``."""
+    """``(s, t)`` of ``x_hat = (x - mean) / sqrt(var + eps) = s * x + t``.
+
+    ``t = -(mean * s)`` rather than ``(-mean) * s``, so that autograd saves ``mean`` itself
+    (often saved already, e.g. by the pooling) instead of a negated copy.
+    """
     scale = torch.rsqrt(var + eps)
-    return scale, -mean * scale
+    return scale, -(mean * scale)
 
 
 def check_instance_statistics(layer: NormBase, count: int) -> None:
