@@ -34,6 +34,7 @@ from normlab.functional.moments import (
     instance_moments_nograd,
     spatial_size,
     spatial_sums,
+    unit_rows,
 )
 
 __all__ = [
@@ -116,11 +117,11 @@ def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
     if x.is_contiguous() and x.dim() > 2 and x.dtype == scale.dtype == shift.dtype:
         rows = scale.numel()
         y = torch.empty_like(x)
-        unused = scale.new_empty(0)
+        zeros, ones, unused_mean, unused_invstd = unit_rows(rows, x.dtype, x.device)
         torch.ops.aten.native_batch_norm.out(
-            x.view(1, rows, -1), scale.reshape(rows), shift.reshape(rows),
-            scale.new_zeros(rows), scale.new_ones(rows), False, 0.0, 0.0,
-            out=y.view(1, rows, -1), save_mean=unused, save_invstd=unused.clone(),
+            x.view(1, rows, -1), scale.reshape(rows), shift.reshape(rows), zeros, ones,
+            False, 0.0, 0.0, out=y.view(1, rows, -1), save_mean=unused_mean,
+            save_invstd=unused_invstd,
         )
         return y
     return apply_affine(x, scale, shift)

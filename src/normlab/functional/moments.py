@@ -8,6 +8,8 @@ otherwise.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = [
@@ -70,6 +72,25 @@ variance ``E[x^2] - mean^2`` would lose more than about 1e-5 of its relative pre
 float32."""
 
 
+@functools.lru_cache(maxsize=64)
+def unit_rows(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``(zeros, ones, empty, empty)`` for driving torch's batch-norm kernels row by row.
+
+    The zeros and ones (length ``rows``) are the per-row mean 0 and scale 1 that turn those
+    kernels into plain sums and affine maps; the two empty tensors receive the unused saved
+    statistics. They are read-only inputs, made once per (rows, dtype, device) instead of
+    on every call (on small maps the allocations cost as much as the kernels).
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        options = {"dtype": dtype, "device": device}
+        return (
+            torch.zeros(rows, **options),
+            torch.ones(rows, **options),
+            torch.empty(0, **options),
+            torch.empty(0, **options),
+        )
+
+
 def spatial_sums(
     grad: torch.Tensor, x: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +108,7 @@ def spatial_sums(
         dims = spatial_dims(x)
         return grad.sum(dims, dtype=dtype), (grad * x).sum(dims, dtype=dtype)
     n, c = x.shape[:2]
-    zeros = x.new_zeros(n * c)
-    ones = x.new_ones(n * c)
+    zeros, ones, _, _ = unit_rows(n * c, x.dtype, x.device)
     _, s2, s1 = torch.ops.aten.native_batch_norm_backward(
         grad.reshape(1, n * c, -1), x.reshape(1, n * c, -1), ones, None, None, zeros, ones,
         True, 0.0, [False, True, True],
