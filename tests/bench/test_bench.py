@@ -2,6 +2,7 @@
 
 import json
 import math
+import platform
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 import normlab
 from normlab.bench.cli import main
 from normlab.bench.layers import BASELINE, bench_layers, bytes_moved
-from normlab.bench.measure import Timing, saved_bytes
+from normlab.bench.measure import Timing, keep_freed_memory, saved_bytes
 from normlab.bench.report import layers_table
 
 
@@ -69,3 +70,14 @@ def test_model_bench_uses_a_torch_batchnorm_network_as_baseline():
     assert [r.norm for r in results] == [BASELINE, "bn", "bin"]
     assert results[0].step_ratio == 1.0
     assert "| bin |" in models_table(results)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_cpu_bench_keeps_freed_memory_unless_asked_not_to(capsys):
+    assert keep_freed_memory() is True
+    args = ["models", "--model", "resnet20", "--norms", "bn", "--repeats", "1",
+            "--batch-size", "2"]
+    assert main(args) == 0
+    assert "malloc keeps freed memory" in capsys.readouterr().out
+    assert main([*args, "--default-malloc"]) == 0
+    assert "malloc keeps freed memory" not in capsys.readouterr().out

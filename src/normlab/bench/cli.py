@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from normlab.bench.layers import DEFAULT_SHAPES, bench_layers
+from normlab.bench.measure import keep_freed_memory
 from normlab.bench.models import bench_models
 from normlab.bench.report import layers_table, models_table
 
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=int, help="torch intra-op threads")
     common.add_argument("--device", default="cpu", help="cpu or cuda")
     common.add_argument("--json", metavar="PATH", help="also write results as JSON ('-': stdout)")
+    common.add_argument(
+        "--default-malloc", action="store_true",
+        help="leave glibc malloc as it is (by default the bench keeps freed memory mapped, "
+        "which removes page-fault noise from CPU timings)",
+    )
     layers = sub.add_parser("layers", parents=[common], help="layer benchmark")
     layers.add_argument("--shapes", nargs="+", type=_shape, default=list(DEFAULT_SHAPES),
                         help="N,C,H,W shapes (default: the four of issue #6)")
@@ -64,7 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("normlab bench: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
-    print(f"torch {torch.__version__}, {_machine(args.device)}\n", flush=True)
+    steady = not args.default_malloc and args.device == "cpu" and keep_freed_memory()
+    print(
+        f"torch {torch.__version__}, {_machine(args.device)}"
+        + (", malloc keeps freed memory" if steady else "")
+        + "\n",
+        flush=True,
+    )
     if args.what == "layers":
         results = bench_layers(
             args.shapes, args.norms, repeats=args.repeats, compile_layers=args.compile,
