@@ -40,6 +40,15 @@ def _canonical(normalizers, using_bn: bool, dim: int) -> tuple[str, ...]:
     return tuple(k for k in NORMALIZERS if k in normalizers)
 
 
+def _mix(ratios: torch.Tensor, values: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``sum_k ratios[k] * values[k]`` (SN Eqn. 3) as a chain of fused multiply-adds."""
+    weights = ratios.unbind(0)
+    mixed = weights[0] * values[0]
+    for weight, value in zip(weights[1:], values[1:]):
+        mixed = torch.addcmul(mixed, weight, value)
+    return mixed
+
+
 class SwitchNorm(BatchStatistics, NormBase):
     """Switchable Normalization on the shared core.
 
@@ -149,10 +158,8 @@ class SwitchNorm(BatchStatistics, NormBase):
 
     def normalizer(self, mean, var, params, count):
         mean_ratio, var_ratio = self.ratios(params)
-        parts = self.statistics(mean, var, count)
-        mixed_mean = sum(mean_ratio[i] * m for i, (m, _) in enumerate(parts))
-        mixed_var = sum(var_ratio[i] * v for i, (_, v) in enumerate(parts))
-        return standardize(mixed_mean, mixed_var, self.eps)
+        means, variances = zip(*self.statistics(mean, var, count))
+        return standardize(_mix(mean_ratio, means), _mix(var_ratio, variances), self.eps)
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
