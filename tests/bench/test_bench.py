@@ -9,8 +9,14 @@ import torch
 
 import normlab
 from normlab.bench.cli import main
-from normlab.bench.layers import BASELINE, bench_layers, bytes_moved
-from normlab.bench.measure import Timing, keep_freed_memory, saved_bytes
+from normlab.bench.layers import BASELINE, LayerResult, bench_layers, bytes_moved
+from normlab.bench.measure import (
+    Timing,
+    dram_gbps,
+    keep_freed_memory,
+    peak_bandwidth_gbps,
+    saved_bytes,
+)
 from normlab.bench.report import layers_table
 
 
@@ -81,3 +87,24 @@ def test_cpu_bench_keeps_freed_memory_unless_asked_not_to(capsys):
     assert "malloc keeps freed memory" in capsys.readouterr().out
     assert main([*args, "--default-malloc"]) == 0
     assert "malloc keeps freed memory" not in capsys.readouterr().out
+
+
+def test_peak_bandwidth_from_memory_clock_and_bus_width():
+    # an RTX 4090: 10.501 GHz effective memory clock (kHz as CUDA reports it), 384-bit bus
+    assert dram_gbps(10_501_000, 384) == pytest.approx(1008.096)
+    assert peak_bandwidth_gbps(torch.device("cpu")) is None
+
+
+def test_gpu_table_shows_bandwidth_as_a_share_of_peak():
+    row = LayerResult((8, 4, 2, 2), "bn", "fused", 1.0, 2.0, 1.0, 1.0, 0.0, 1.0, 1.0,
+                      step_gbps=3000.0, step_peak_fraction=0.75)
+    table = layers_table([row])
+    assert "GB/s (of peak)" in table and "| 3000 (75%) |" in table
+
+
+@pytest.mark.gpu
+def test_cuda_bench_reports_achieved_bandwidth_against_peak():
+    results = bench_layers([(32, 64, 32, 32)], ["bn"], repeats=2, warmup=1, device="cuda")
+    for r in results:
+        assert r.step_gbps > 0
+        assert 0 < r.step_peak_fraction < 1.5

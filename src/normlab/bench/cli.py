@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--shapes", nargs="+", type=_shape, default=list(DEFAULT_SHAPES),
                         help="N,C,H,W shapes (default: the four of issue #6)")
     layers.add_argument("--compile", action="store_true", help="also time torch.compile")
+    layers.add_argument("--peak-gbps", type=float,
+                        help="the GPU's peak memory bandwidth (default: read from the device)")
     models = sub.add_parser("models", parents=[common], help="training-step benchmark")
     models.add_argument("--model", default="resnet164")
     models.add_argument("--batch-size", type=int, default=64)
@@ -80,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.what == "layers":
         results = bench_layers(
             args.shapes, args.norms, repeats=args.repeats, compile_layers=args.compile,
-            device=args.device, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True),
+            device=args.device, peak_gbps=args.peak_gbps,
+            progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True),
         )
         print(layers_table(results))
     else:

@@ -15,7 +15,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from normlab.bench.measure import interleaved_times, peak_bytes, saved_bytes
+from normlab.bench.measure import (
+    interleaved_times,
+    peak_bandwidth_gbps,
+    peak_bytes,
+    saved_bytes,
+)
 from normlab.functional import get_backend
 from normlab.norms import create_norm, list_norms
 
@@ -45,6 +50,7 @@ class LayerResult:
     saved_ratio: float
     peak_ratio: float
     step_gbps: float | None = None
+    step_peak_fraction: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +95,7 @@ def bench_layers(
     warmup: int = 2,
     compile_layers: bool = False,
     device: str = "cpu",
+    peak_gbps: float | None = None,
     progress=None,
 ) -> list[LayerResult]:
     """Benchmark every norm at every shape; returns one :class:`LayerResult` per pair.
@@ -99,6 +106,9 @@ def bench_layers(
         repeats: timed rounds per candidate (after ``warmup`` untimed rounds).
         compile_layers: also time ``torch.compile(layer, fullgraph=True)``.
         device: ``"cpu"`` or ``"cuda"``.
+        peak_gbps: the device's peak memory bandwidth for the "% of peak" column on CUDA
+            (default: read from the device, see
+            :func:`~normlab.bench.measure.peak_bandwidth_gbps`).
         progress: optional callable ``progress(message)`` called per shape.
     """
     dev = torch.device(device)
@@ -109,6 +119,10 @@ def bench_layers(
         if progress:
             progress(f"shape {shape}")
         results += _bench_shape(shape, names, repeats, warmup, compile_layers, dev)
+    peak = peak_gbps or peak_bandwidth_gbps(dev)
+    for r in results:
+        if r.step_gbps is not None and peak:
+            r.step_peak_fraction = r.step_gbps / peak
     return results
 
 

@@ -17,7 +17,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["Timing", "interleaved_times", "keep_freed_memory", "peak_bytes", "saved_bytes"]
+__all__ = [
+    "Timing",
+    "dram_gbps",
+    "interleaved_times",
+    "keep_freed_memory",
+    "peak_bandwidth_gbps",
+    "peak_bytes",
+    "saved_bytes",
+]
 
 
 class Timing:
@@ -59,6 +67,35 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
         mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     )
+
+
+def dram_gbps(memory_clock_khz: float, bus_width_bits: int) -> float:
+    """Peak DRAM bandwidth in GB/s of a double-data-rate memory (GDDR and HBM alike):
+    two transfers per clock over the whole bus."""
+    return 2 * memory_clock_khz * 1e3 * bus_width_bits / 8 / 1e9
+
+
+def peak_bandwidth_gbps(device: torch.device) -> float | None:
+    """The CUDA device's peak memory bandwidth in GB/s, or None when it cannot be read.
+
+    Uses the memory clock and bus width from torch's device properties where this torch
+    exposes them, else from Triton's driver; None on CPU.
+    """
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    clock = getattr(props, "memory_clock_rate", None)
+    width = getattr(props, "memory_bus_width", None)
+    if not (clock and width):
+        try:
+            from triton.runtime import driver
+
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            info = driver.active.utils.get_device_properties(index)
+            clock, width = info["mem_clock_rate"], info["mem_bus_width"]
+        except Exception:  # no triton, or a driver without these fields
+            return None
+    return dram_gbps(clock, width)
 
 
 def _synchronize(device: torch.device) -> None:

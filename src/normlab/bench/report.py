@@ -10,6 +10,14 @@ from normlab.bench.models import ModelResult
 __all__ = ["layers_table", "models_table"]
 
 
+def _bandwidth(r: LayerResult) -> str:
+    if r.step_gbps is None:
+        return ""
+    if r.step_peak_fraction is None:
+        return f"{r.step_gbps:.0f}"
+    return f"{r.step_gbps:.0f} ({r.step_peak_fraction:.0%})"
+
+
 def layers_table(results: Sequence[LayerResult]) -> str:
     """One Markdown table per shape: time, saved-bytes and peak-memory ratios to torch BN."""
     gbps = any(r.step_gbps is not None for r in results)
@@ -22,14 +30,14 @@ def layers_table(results: Sequence[LayerResult]) -> str:
             f"forward+backward {base.step_ms:.2f} ms",
             "",
             "| layer | backend | forward × | fwd+bwd × | spread | saved × | peak × |"
-            + (" GB/s |" if gbps else ""),
+            + (" GB/s (of peak) |" if gbps else ""),
             "|---|---|---|---|---|---|---|" + ("---|" if gbps else ""),
         ]
         for r in rows:
             lines.append(
                 f"| {r.layer} | {r.backend} | {r.forward_ratio:.2f} | {r.step_ratio:.2f} | "
                 f"±{r.step_spread:.0%} | {r.saved_ratio:.2f} | {r.peak_ratio:.2f} |"
-                + (f" {r.step_gbps:.0f} |" if gbps else "")
+                + (f" {_bandwidth(r)} |" if gbps else "")
             )
         lines.append("")
     return "\n".join(lines)
