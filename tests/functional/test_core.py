@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import normlab
 from normlab import functional as F
 
 
@@ -131,3 +132,16 @@ def test_fast_moments_of_constant_rows_are_zero():
     x = torch.full((2, 3, 1, 1), 5.0)
     mean, var = F.instance_moments_nograd(x)
     assert torch.all(var == 0) and torch.all(mean == 5.0)
+
+
+def test_cached_kernel_constants_stay_zeros_and_ones():
+    from normlab.functional.moments import unit_rows
+
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    for train in (True, False):
+        layer = normlab.create_norm("sn", 3).train(train)
+        layer(x).sum().backward()
+    zeros, ones, empty_mean, empty_invstd = unit_rows(12, x.dtype, x.device)
+    assert torch.equal(zeros, torch.zeros(12)) and torch.equal(ones, torch.ones(12))
+    assert empty_mean.numel() == 0 and empty_invstd.numel() == 0
+    assert unit_rows(12, x.dtype, x.device)[0] is zeros
