@@ -72,7 +72,7 @@ variance ``E[x^2] - mean^2`` would lose more than about 1e-5 of its relative pre
 float32."""
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def unit_rows(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
     """``(zeros, ones, empty, empty)`` for driving torch's batch-norm kernels row by row.
 
