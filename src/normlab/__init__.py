@@ -1,6 +1,7 @@
 """normlab: adaptive normalization for PyTorch (IEBN, SN, BIN and the BN/IN/LN/GN baselines)
 on one moments -> coefficients -> affine core, with the papers' networks and experiments."""
 
+from normlab.distributed import to_sync
 from normlab.models import create_model, list_models, model_info
 from normlab.norms import (
     BatchInstanceNorm1d,
@@ -71,5 +72,6 @@ __all__ = [
     "post_step",
     "set_noise",
     "set_virtual_batch_size",
+    "to_sync",
     "update_norm_stats",
 ]

@@ -3,7 +3,8 @@
 One place decides, per forward, which statistics the BN part of a layer uses:
 
 - training, or eval without running statistics: the (N, C) moments pooled over the batch
-  (over consecutive sub-batches when ``virtual_batch_size`` is set), with the running
+  (over consecutive sub-batches when ``virtual_batch_size`` is set; over the batches of all
+  processes when ``statistics_sync`` is set), with the running
   statistics updated as in :class:`torch.nn.BatchNorm2d` (``momentum=None`` = cumulative
   average; ``running_var`` tracks the unbiased batch variance);
 - eval with running statistics: ``running_mean`` and ``running_var``.
@@ -37,6 +38,11 @@ class BatchStatistics(nn.Module):
         update_running_stats: when False, training uses batch statistics without moving
             the running ones (SN's ``using_moving_average=False``);
             :func:`normlab.update_norm_stats` switches it on while it re-estimates them.
+        statistics_sync: ``None``, or a callable
+            ``sync(mean, var, samples) -> (mean, var, samples)`` that pools the (1, C) batch
+            statistics of ``samples`` samples with those of other processes (set by
+            :func:`normlab.distributed.to_sync`; this module never imports
+            ``torch.distributed``).
     """
 
     def init_batch_statistics(
@@ -52,6 +58,7 @@ class BatchStatistics(nn.Module):
         self.track_running_stats = bool(track_running_stats)
         self.virtual_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
         self.update_running_stats = True
+        self.statistics_sync = None
         if self.track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.ones(num_features))
@@ -97,8 +104,15 @@ class BatchStatistics(nn.Module):
                    else f" in sub-batches of {self.virtual_batch_size}")
                 + "; use a larger batch, eval mode, or a norm without batch statistics"
             )
+        if self.statistics_sync is not None and self.virtual_batch_size is not None:
+            raise ValueError(
+                f"{type(self).__name__}: virtual batches and cross-process statistics do not "
+                "combine; set virtual_batch_size=None or drop the sync"
+            )
         if group == n:
             batch_mean, batch_var = batch_moments(mean, var)
+            if self.statistics_sync is not None:
+                batch_mean, batch_var, group = self.statistics_sync(batch_mean, batch_var, n)
         else:
             batch_mean, batch_var = virtual_batch_moments(mean, var, group)
         if self.training and self.track_running_stats and self.update_running_stats:
@@ -107,8 +121,14 @@ class BatchStatistics(nn.Module):
 
     @torch.no_grad()
     def _update_running_stats(
-        self, batch_mean: torch.Tensor, batch_var: torch.Tensor, group: int, count: int
+        self,
+        batch_mean: torch.Tensor,
+        batch_var: torch.Tensor,
+        group: int | torch.Tensor,
+        count: int,
     ) -> None:
+        """Move the running statistics; ``group`` samples stand behind each pooled row (a
+        tensor when they were counted across processes)."""
         self.num_batches_tracked.add_(1)
         if self.momentum is None:
             factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)

@@ -1,0 +1,148 @@
+"""Two gloo processes on CPU with synced statistics equal one process with the whole batch.
+
+Every check runs inside the workers (one spawn for the whole module, to pay the process
+start-up once); a failed check raises there, and the parent test names it.
+"""
+
+import pickle
+import socket
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import normlab
+from normlab.distributed import StatisticsSync, to_sync
+
+WORLD = 2
+SPLITS = {"equal": (4, 4), "unequal": (3, 5)}
+CASES = [
+    (norm, backend, split)
+    for norm in ("bn", "iebn", "sn", "bin")
+    for backend in ("fused", "reference")
+    for split in ("equal", "unequal")
+]
+
+
+def _model(norm: str, backend: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1),
+        normlab.create_norm(norm, 6, backend=backend),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(6, 4, 3, padding=1),
+        normlab.create_norm(norm, 4, backend=backend),
+    )
+    with torch.no_grad():  # non-trivial affine parameters and gates
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.double()
+
+
+def _check_case(rank: int, norm: str, backend: str, split: str) -> None:
+    sizes = SPLITS[split]
+    torch.manual_seed(1)
+    x = torch.randn(sum(sizes), 3, 5, 5, dtype=torch.float64)
+    upstream = torch.randn(sum(sizes), 4, 5, 5, dtype=torch.float64)
+    start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
+
+    single = _model(norm, backend).train()
+    x_single = x.clone().requires_grad_()
+    y_single = single(x_single)
+    y_single.backward(upstream)
+
+    synced = to_sync(_model(norm, backend).train())
+    x_mine = x[start:stop].clone().requires_grad_()
+    y_mine = synced(x_mine)
+    y_mine.backward(upstream[start:stop])
+
+    torch.testing.assert_close(y_mine, y_single[start:stop])
+    torch.testing.assert_close(x_mine.grad, x_single.grad[start:stop])
+    for (name, p_sync), p_single in zip(synced.named_parameters(), single.parameters()):
+        summed = p_sync.grad.clone()
+        dist.all_reduce(summed)
+        torch.testing.assert_close(summed, p_single.grad, msg=f"grad of {name}")
+    for (name, b_sync), b_single in zip(synced.named_buffers(), single.buffers()):
+        torch.testing.assert_close(b_sync, b_single, msg=f"buffer {name}")
+    synced.eval()
+    single.eval()
+    torch.testing.assert_close(synced(x_mine), single(x)[start:stop])
+
+
+def _check_switch_off_pickle_and_compile(rank: int) -> None:
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64) + rank
+    model = to_sync(_model("bn", "fused").train())
+    synced = model(x)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), synced)
+    to_sync(model, enabled=False)
+    torch.testing.assert_close(model(x), _model("bn", "fused").train()(x))
+    restored = pickle.loads(pickle.dumps(StatisticsSync(dist.group.WORLD)))
+    assert restored.process_group is None
+
+
+def _worker(rank: int, port: int, failures) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    torch.set_num_threads(1)
+    try:
+        for case in CASES:
+            try:
+                _check_case(rank, *case)
+            except Exception:
+                failures.put((rank, case, traceback.format_exc()))
+        try:
+            _check_switch_off_pickle_and_compile(rank)
+        except Exception:
+            failures.put((rank, "switch", traceback.format_exc()))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def failures():
+    context = mp.get_context("spawn")
+    queue = context.Manager().Queue()
+    mp.start_processes(
+        _worker, args=(_free_port(), queue), nprocs=WORLD, join=True, start_method="spawn"
+    )
+    found = {}
+    while not queue.empty():
+        rank, case, text = queue.get()
+        found.setdefault(case, f"rank {rank}:\n{text}")
+    return found
+
+
+@pytest.mark.parametrize("norm, backend, split", CASES)
+def test_two_processes_equal_one_process_with_the_whole_batch(failures, norm, backend, split):
+    assert (norm, backend, split) not in failures, failures.get((norm, backend, split))
+
+
+def test_sync_compiles_switches_off_and_pickles_without_its_group(failures):
+    assert "switch" not in failures, failures.get("switch")
+
+
+def test_without_a_process_group_sync_is_a_no_op():
+    model = to_sync(_model("sn", "fused").train())
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(model(x), _model("sn", "fused").train()(x))
+
+
+def test_virtual_batches_refuse_to_sync():
+    model = _model("bn", "fused")
+    normlab.set_virtual_batch_size(model, 2)
+    with pytest.raises(ValueError, match="virtual batches"):
+        to_sync(model)
+    layer = normlab.create_norm("bn", 4, virtual_batch_size=2)
+    layer.statistics_sync = StatisticsSync()
+    with pytest.raises(ValueError, match="virtual batches"):
+        layer(torch.randn(4, 4, 2, 2))
