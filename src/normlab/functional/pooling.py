@@ -34,7 +34,6 @@ class _PoolMoments(torch.autograd.Function):
         pooled_mean = mean.mean(dim, keepdim=True)
         spread = (mean - pooled_mean).square_().add_(var)
         pooled_var = spread.mean(dim, keepdim=True)
-        ctx.dim = dim
         ctx.groups = mean.numel() // pooled_mean.numel()
         ctx.save_for_backward(mean, pooled_mean)
         return pooled_mean, pooled_var
