@@ -35,6 +35,21 @@ def test_one_value_per_channel_in_training(name):
     assert layer(torch.randn(1, C, 1, 1)).shape == (1, C, 1, 1)
 
 
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("shape", [(0, C, 5, 5), (3, C, 0, 5)])
+def test_empty_inputs_give_empty_outputs_and_leave_statistics_alone(name, backend, shape):
+    layer = normlab.create_norm(name, C, backend=backend)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    for training in (True, False):
+        x = torch.randn(shape, requires_grad=True)
+        y = layer.train(training)(x)
+        y.sum().backward()
+        assert y.shape == shape and x.grad.shape == shape
+    for key, value in layer.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_virtual_batch_of_one_sample_of_one_value_is_rejected():
     layer = normlab.BatchNorm1d(C, virtual_batch_size=1)
     with pytest.raises(ValueError, match="in sub-batches of 1"):

@@ -150,6 +150,8 @@ class NormBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if x.numel() == 0:  # an empty batch, as torch's norms allow: no statistics are touched
+            return x.clone()
         params = self.coefficient_params()
         names = tuple(params)
         count = math.prod(x.shape[2:])
