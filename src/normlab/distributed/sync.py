@@ -100,8 +100,8 @@ def to_sync(model: nn.Module, process_group=None, *, enabled: bool = True) -> nn
 
     normlab's counterpart of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: layers stay
     where they are (no module is replaced, the state dict does not change), and it runs
-    with any backend that has ``all_gather`` and ``all_reduce`` (gloo on CPU included). Layers with ``virtual_batch_size`` set refuse to
-    sync (a ValueError names them).
+    with any backend that has ``all_gather`` and ``all_reduce`` (gloo on CPU included).
+    Layers with ``virtual_batch_size`` set refuse to sync (a ValueError names them).
 
     Returns:
         ``model`` itself.
