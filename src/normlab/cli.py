@@ -4,6 +4,7 @@ Subcommands::
 
     normlab train -c CONFIG [--set key=value ...] [--quiet] [--print-config]
     normlab train --resume RUN_DIR|CHECKPOINT [--set key=value ...]
+    torchrun --nproc-per-node K -m normlab train ...   (K processes, one per device)
     normlab eval RUN_DIR [--checkpoint last.pt|best.pt|prev.pt|PATH] [--recompute-stats N]
     normlab list norms|models|datasets|configs
     normlab demo [--quick] [--out DIR] [--seeds N] [--device cpu|cuda] ...
@@ -30,6 +31,7 @@ _LISTS = ("norms", "models", "datasets", "configs")
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from normlab.train import config_to_yaml, find_config, load_config, resume, train
+    from normlab.train.parallel import leave_process_group
 
     if args.resume is not None:
         if args.config is not None:
@@ -44,6 +46,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return 0
         name = find_config(args.config).stem
         summary = train(config, default_name=name, progress=not args.quiet)
+    if not leave_process_group():  # under torchrun, rank 0 reports
+        return 0
     print(
         f"run {summary['run_dir']}: final acc {summary['final_acc']:.2f}, best "
         f"{summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "

@@ -242,6 +242,9 @@ class TrainConfig:
         label_smoothing: Cross-entropy label smoothing.
         num_threads: CPU threads for torch (``torch.set_num_threads``); ``None`` keeps
             torch's default. ``1`` avoids stalls when other processes share the cores.
+        sync_stats: With several training processes (torchrun), pool the batch
+            statistics of BN, IEBN, SN and BIN over all of them (:func:`normlab.to_sync`);
+            false keeps per-process statistics, as the papers' multi-GPU runs did.
     """
 
     epochs: int = 10
@@ -253,6 +256,7 @@ class TrainConfig:
     deterministic: bool = False
     label_smoothing: float = 0.0
     num_threads: int | None = None
+    sync_stats: bool = True
 
 
 @dataclass

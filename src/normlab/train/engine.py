@@ -7,7 +7,9 @@ A NaN or infinite loss raises :class:`~normlab.train.errors.NonFiniteLossError` 
 the update, so neither the weights in memory nor any checkpoint on disk see it.
 
 The loop is data-agnostic: loaders are iterables of ``(x, y)`` batches on the training
-device with ``len()``; ``set_epoch(epoch)`` is called when the loader has it.
+device with ``len()``; ``set_epoch(epoch)`` is called when the loader has it. With several
+processes (:mod:`normlab.train.parallel`) each one trains on its share of every batch
+through ``DistributedDataParallel``, and the epoch's counts are summed over processes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.train.errors import NonFiniteLossError
+from normlab.train.parallel import SINGLE, Parallel
 from normlab.train.schedule import LRSchedule
 
 __all__ = ["StepInfo", "Trainer", "evaluate"]
@@ -84,6 +87,9 @@ class Trainer:
             (``normlab.post_step``).
         callbacks: Called with a :class:`StepInfo` after every optimizer step.
         progress: Show a tqdm progress bar with ETA for each epoch.
+        parallel: This process's place among the training processes; with more than one,
+            training runs through ``DistributedDataParallel`` and loaders must yield this
+            process's share of each batch.
     """
 
     def __init__(
@@ -101,11 +107,19 @@ class Trainer:
         post_step: Callable[[nn.Module], None] = _no_post_step,
         callbacks: Sequence[StepCallback] = (),
         progress: bool = True,
+        parallel: Parallel = SINGLE,
     ) -> None:
         if amp not in ("none", "bf16"):
             raise ValueError(f"train.amp must be 'none' or 'bf16', got {amp!r}")
         self.model = model
+        self.parallel = parallel
         self.forward = torch.compile(model) if compile else model
+        self.train_forward = self.forward
+        if parallel.enabled:
+            replicated = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+            self.train_forward = torch.compile(replicated) if compile else replicated
         self.optimizer = optimizer
         self.schedule = schedule
         self.device = device
@@ -158,10 +172,10 @@ class Trainer:
         for step, (x, y) in enumerate(bar):
             lr = self.set_lr(epoch + step / steps)
             with _autocast(self.use_amp):
-                logits = self.forward(_as_input(x, self.channels_last))
+                logits = self.train_forward(_as_input(x, self.channels_last))
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             value = loss.detach()
-            if not torch.isfinite(value):
+            if not self.parallel.all_true(torch.isfinite(value)):
                 raise NonFiniteLossError(
                     f"training loss became {value.item()} at epoch {epoch + 1}, step "
                     f"{step + 1}/{steps}; the run stopped before applying that update. "
@@ -184,12 +198,15 @@ class Trainer:
                 callback(info)
             if self.progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{value.item():.3f}", lr=f"{lr:.4g}")
-        if seen == 0:
+        loss_sum, correct, total = self.parallel.sum(
+            loss_sum, correct, torch.tensor(seen, device=self.device)
+        )
+        if total == 0:
             raise ValueError("the training loader yielded no batches")
         return {
             "lr": first_lr,
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": 100.0 * correct.item() / seen,
+            "train_loss": loss_sum.item() / total.item(),
+            "train_acc": 100.0 * correct.item() / total.item(),
         }
 
     def evaluate(self, loader: Iterable[Any], *, classes: int | None = None) -> dict[str, float]:
@@ -202,6 +219,7 @@ class Trainer:
             channels_last=self.channels_last,
             forward=self.forward,
             classes=classes,
+            parallel=self.parallel,
         )
 
 
@@ -215,6 +233,7 @@ def evaluate(
     channels_last: bool = False,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     classes: int | None = None,
+    parallel: Parallel = SINGLE,
 ) -> dict[str, float]:
     """Evaluate a classifier in eval mode (running or batch-averaged norm statistics).
 
@@ -229,6 +248,8 @@ def evaluate(
         classes: Score only the first ``classes`` outputs, as a classifier over those
             classes (the primary classes of a mixed-data run: loss, top-1 and top-5 all
             use these columns); ``None`` scores all outputs.
+        parallel: With several processes, each evaluates its share of every batch and
+            the counts are summed, so every process returns the whole test set's metrics.
 
     Returns:
         ``test_loss``, ``test_acc`` and ``test_acc5`` (top-1/top-5, percent) and
@@ -254,8 +275,12 @@ def evaluate(
         top1 += hits[:, 0].sum()
         top5 += hits.any(dim=1).sum()
         seen += y.shape[0]
-    if seen == 0:
+    loss_sum, top1, top5, total = parallel.sum(
+        loss_sum, top1, top5, torch.tensor(seen, device=device)
+    )
+    if total == 0:
         raise ValueError("the evaluation loader yielded no batches")
+    seen = total.item()
     return {
         "test_loss": loss_sum.item() / seen,
         "test_acc": 100.0 * top1.item() / seen,

@@ -18,6 +18,7 @@ crashed mid-epoch resumes from its last finished epoch as if nothing had happene
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,8 @@ from normlab.train import factory
 from normlab.train.checkpoint import LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
 from normlab.train.config import Config, config_to_dict, load_config, save_config
 from normlab.train.engine import StepCallback, Trainer
-from normlab.train.errors import NonFiniteLossError, RunDirError
+from normlab.train.errors import ConfigError, NonFiniteLossError, RunDirError
+from normlab.train.parallel import SINGLE, Parallel, ShardedLoader, from_environment
 from normlab.train.records import SUMMARY, MetricsLog, TensorBoardLog, environment, write_json
 from normlab.train.schedule import LRSchedule
 from normlab.train.seed import get_rng_state, seed_everything, set_rng_state
@@ -90,18 +92,19 @@ def new_run_dir(
 
 
 def build_setup(
-    config: Config, builders: Builders | None = None
+    config: Config, builders: Builders | None = None, device: torch.device | None = None
 ) -> tuple[torch.device, factory.Loaders, nn.Module]:
     """Seed, then build the device, the loaders and the model (on the device) of a config.
 
-    Also applies ``train.num_threads`` (process-wide) when set.
+    Also applies ``train.num_threads`` (process-wide) when set. ``device`` replaces
+    ``train.device`` (e.g. this process's GPU in multi-process training).
 
     The order is fixed (seed, data, model) so that the same config gives the same
     initial weights and data order every time.
     """
     builders = builders or Builders()
     cfg = config
-    device = factory.resolve_device(cfg.train.device)
+    device = device or factory.resolve_device(cfg.train.device)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
@@ -127,8 +130,46 @@ def _epoch_line(row: dict[str, Any], epochs: int, best: float) -> str:
     )
 
 
+def _join(config: Config) -> tuple[Parallel, torch.device]:
+    """This process's place among the training processes (torchrun) and its device."""
+    return from_environment(factory.resolve_device(config.train.device))
+
+
+def _on_main(parallel: Parallel, make: Callable[[], Any]) -> Any:
+    """``make()`` on rank 0, its result (or its exception, raised) on every process."""
+    outcome: Any = None
+    if parallel.is_main:
+        try:
+            outcome = ("ok", make())
+        except Exception as exc:
+            outcome = ("error", exc)
+    kind, value = parallel.broadcast(outcome)
+    if kind == "error":
+        raise value
+    return value
+
+
+def _shard_loaders(loaders: factory.Loaders, config: Config, parallel: Parallel):
+    if not parallel.enabled:
+        return loaders
+    batch = config.data.batch_size
+    if batch % parallel.world_size:
+        raise ConfigError(
+            f"data.batch_size {batch} (the global batch) does not split evenly over "
+            f"{parallel.world_size} processes; use a multiple of {parallel.world_size}"
+        )
+    return dataclasses.replace(
+        loaders,
+        train=ShardedLoader(loaders.train, parallel),
+        test=ShardedLoader(loaders.test, parallel),
+    )
+
+
 class _Run:
-    """State of one run while it trains (internal to :func:`train` and :func:`resume`)."""
+    """State of one run while it trains (internal to :func:`train` and :func:`resume`).
+
+    With several processes every one trains; only rank 0 writes the run folder and logs.
+    """
 
     def __init__(
         self,
@@ -138,12 +179,21 @@ class _Run:
         callbacks: Sequence[StepCallback],
         progress: bool,
         log: Callable[[str], None] | None,
+        joined: tuple[Parallel, torch.device] = (SINGLE, None),
     ) -> None:
-        self.config, self.run_dir, self.log = config, run_dir, log or _quiet
+        self.parallel, device = joined
+        main = self.parallel.is_main
+        self.config, self.run_dir = config, run_dir
+        self.log = (log or _quiet) if main else _quiet
         builders = builders or Builders()
-        progress = progress and config.run.progress
+        progress = progress and config.run.progress and main
         cfg = config
-        self.device, self.loaders, model = build_setup(cfg, builders)
+        self.device, loaders, model = build_setup(cfg, builders, device)
+        self.loaders = _shard_loaders(loaders, cfg, self.parallel)
+        if self.parallel.enabled and cfg.train.sync_stats:
+            from normlab.distributed import to_sync
+
+            to_sync(model)
         self.model = model
         self.environment = environment(self.device)
         self.optimizer = builders.optimizer(model, cfg.optim, cfg.data.train_batch)
@@ -160,9 +210,11 @@ class _Run:
             post_step=builders.post_step,
             callbacks=callbacks,
             progress=progress,
+            parallel=self.parallel,
         )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / CONFIG_FILE)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / CONFIG_FILE)
         self.metrics = MetricsLog(run_dir)
         self.epoch = 0
         self.best_acc = -math.inf
@@ -180,11 +232,14 @@ class _Run:
         self.best_acc = float(ckpt["best_acc"])
         self.best_epoch = ckpt["best_epoch"]
         self.elapsed = float(ckpt["elapsed_s"])
-        self.metrics.truncate(self.epoch)
+        if self.parallel.is_main:
+            self.metrics.truncate(self.epoch)
         rows = self.metrics.rows()
         self.last_row = rows[-1] if rows else {}
 
     def checkpoint(self, *, best: bool) -> None:
+        if not self.parallel.is_main:
+            return
         train_loader = self.loaders.train
         state = {
             "epoch": self.epoch,
@@ -218,13 +273,15 @@ class _Run:
             "data": self.config.data.name,
             "run_dir": str(self.run_dir),
             **self.environment,
+            "processes": self.parallel.world_size,
         }
-        write_json(summary, self.run_dir / SUMMARY)
+        if self.parallel.is_main:
+            write_json(summary, self.run_dir / SUMMARY)
         return summary
 
     def fit(self) -> dict[str, Any]:
         cfg = self.config
-        tensorboard = TensorBoardLog(self.run_dir, cfg.run.tensorboard)
+        tensorboard = TensorBoardLog(self.run_dir, cfg.run.tensorboard and self.parallel.is_main)
         try:
             while self.epoch < cfg.train.epochs:
                 start = time.perf_counter()
@@ -239,7 +296,8 @@ class _Run:
                 if is_best:
                     self.best_acc, self.best_epoch = row["test_acc"], self.epoch
                 self.last_row = row
-                self.metrics.append(row)
+                if self.parallel.is_main:
+                    self.metrics.append(row)
                 tensorboard.log(row)
                 self.checkpoint(best=is_best)
                 self.summary("running")
@@ -265,7 +323,9 @@ class _Run:
             raise
         finally:
             tensorboard.close()
-        return self.summary("completed")
+        summary = self.summary("completed")
+        self.parallel.barrier()  # the run folder is complete before any process returns
+        return summary
 
 
 def train(
@@ -296,9 +356,9 @@ def train(
         NonFiniteLossError: The loss became NaN/inf; ``last.pt`` holds the last good epoch.
         RunDirError: The run folder exists and is not empty.
     """
-    run = _Run(
-        config, new_run_dir(config, default_name, run_dir), builders, callbacks, progress, log
-    )
+    joined = _join(config)
+    folder = _on_main(joined[0], lambda: new_run_dir(config, default_name, run_dir))
+    run = _Run(config, folder, builders, callbacks, progress, log, joined)
     return run.fit()
 
 
@@ -327,7 +387,7 @@ def resume(
         raise RunDirError(f"{folder} has no {CONFIG_FILE}; it is not a normlab run folder")
     ckpt = load_checkpoint(ckpt_path)
     config = load_config(folder / CONFIG_FILE, list(overrides))
-    run = _Run(config, folder, builders, callbacks, progress, log)
+    run = _Run(config, folder, builders, callbacks, progress, log, _join(config))
     run.restore(ckpt)
     if log:
         log(f"resumed {folder} from {ckpt_path.name} at epoch {run.epoch}/{config.train.epochs}")
