@@ -17,12 +17,12 @@ import normlab
 from normlab.distributed import StatisticsSync, to_sync
 
 WORLD = 2
-SPLITS = {"equal": (4, 4), "unequal": (3, 5)}
+SPLITS = {"equal": (4, 4), "unequal": (3, 5), "empty": (8, 0)}
 CASES = [
     (norm, backend, split)
     for norm in ("bn", "iebn", "sn", "bin")
     for backend in ("fused", "reference")
-    for split in ("equal", "unequal")
+    for split in SPLITS
 ]
 
 

@@ -150,8 +150,8 @@ class NormBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if x.numel() == 0:  # an empty batch, as torch's norms allow: no statistics are touched
-            return x.clone()
+        if x.numel() == 0:  # an empty batch, as torch's norms allow
+            return self.empty_forward(x)
         params = self.coefficient_params()
         names = tuple(params)
         count = math.prod(x.shape[2:])
@@ -166,6 +166,13 @@ class NormBase(nn.Module):
             with_var=self.needs_variance(),
             backend=self.backend,
         )
+
+    def empty_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The output for an input without elements: empty, no statistics touched. It
+        depends on every trainable parameter (with zero gradient), so that data-parallel
+        training sees the same parameters used on every process."""
+        trainable = [p.sum() for p in self.parameters() if p.requires_grad]
+        return x.clone() if not trainable else x + 0.0 * sum(trainable)
 
     def post_step(self) -> None:
         """Project parameters back onto their constraint set after an optimizer step."""

@@ -15,10 +15,12 @@ their means and unbiased variances, as averaging per-device buffers would.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from normlab.functional import batch_moments, virtual_batch_moments
+from normlab.functional import batch_moments, statistics_dtype, virtual_batch_moments
 
 __all__ = ["BatchStatistics"]
 
@@ -118,6 +120,22 @@ class BatchStatistics(nn.Module):
         if self.training and self.track_running_stats and self.update_running_stats:
             self._update_running_stats(batch_mean, batch_var, group, count)
         return batch_mean, batch_var
+
+    def empty_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """An empty input still takes part in synced batch statistics, with no samples: the
+        other processes' all-gather (and, in backward, its all-reduce) needs every process,
+        and the running statistics move here as they do there."""
+        y = super().empty_forward(x)
+        if self.statistics_sync is None or not self.uses_batch_statistics():
+            return y
+        count = math.prod(x.shape[2:])
+        nothing = x.new_zeros((1, self.num_features), dtype=statistics_dtype(x))
+        nothing.requires_grad_(torch.is_grad_enabled())  # so that backward reaches the sync
+        mean, var, total = self.statistics_sync(nothing, nothing, 0)
+        if self.training and self.track_running_stats and self.update_running_stats:
+            if total * count > 1:
+                self._update_running_stats(mean, var, total, count)
+        return y + 0.0 * (mean.sum() + var.sum()).to(y.dtype)
 
     @torch.no_grad()
     def _update_running_stats(
