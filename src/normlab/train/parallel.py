@@ -17,10 +17,8 @@ launcher that sets them works. Each process then:
 Only the first process (rank 0) writes the run folder. With synced statistics, K
 processes train like one process with the whole batch (up to float summation order).
 
-A process whose share of a batch is empty (a last test batch smaller than K) skips its
-norm layers' statistics; that is safe in eval with running statistics (no collective
-runs), but layers built with ``track_running_stats=False`` sync batch statistics in eval
-too and then need a non-empty share on every process.
+A process whose share of a batch is empty (a last test batch smaller than K) still takes
+part in synced statistics, with zero samples (see ``BatchStatistics.empty_forward``).
 """
 
 from __future__ import annotations
