@@ -7,6 +7,7 @@ whole batch (up to float summation order), straight or resumed; only rank 0 writ
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 
@@ -44,8 +45,7 @@ def _worker(rank: int, port: int, configs: dict, out: str) -> None:
     torch.set_num_threads(1)
     for norm, config in configs.items():
         train(config, run_dir=f"{out}/{norm}-straight", builders=_builders(), log=None)
-        one_epoch = type(config)(**{**vars(config), "train": type(config.train)(
-            **{**vars(config.train), "epochs": 1})})
+        one_epoch = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
         train(one_epoch, run_dir=f"{out}/{norm}-resumed", builders=_builders(), log=None)
         resume(f"{out}/{norm}-resumed", overrides=["train.epochs=2"], builders=_builders(),
                log=None)
