@@ -81,6 +81,10 @@ class BatchStatistics(nn.Module):
         """Whether the BN part pools the current batch (training, or no running stats)."""
         return self.training or not self.track_running_stats
 
+    def moves_running_stats(self) -> bool:
+        """Whether this forward moves the running statistics (training, tracked, enabled)."""
+        return self.training and self.track_running_stats and self.update_running_stats
+
     def batch_statistics(
         self, mean: torch.Tensor, var: torch.Tensor | None, count: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +121,7 @@ class BatchStatistics(nn.Module):
                 batch_mean, batch_var, group = self.statistics_sync(batch_mean, batch_var, n)
         else:
             batch_mean, batch_var = virtual_batch_moments(mean, var, group)
-        if self.training and self.track_running_stats and self.update_running_stats:
+        if self.moves_running_stats():
             self._update_running_stats(batch_mean, batch_var, group, count)
         return batch_mean, batch_var
 
@@ -132,9 +136,8 @@ class BatchStatistics(nn.Module):
         nothing = x.new_zeros((1, self.num_features), dtype=statistics_dtype(x))
         nothing.requires_grad_(torch.is_grad_enabled())  # so that backward reaches the sync
         mean, var, total = self.statistics_sync(nothing, nothing, 0)
-        if self.training and self.track_running_stats and self.update_running_stats:
-            if total * count > 1:
-                self._update_running_stats(mean, var, total, count)
+        if self.moves_running_stats() and total * count > 1:
+            self._update_running_stats(mean, var, total, count)
         return y + 0.0 * (mean.sum() + var.sum()).to(y.dtype)
 
     @torch.no_grad()
