@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import normlab
-from normlab.distributed import StatisticsSync, to_sync
+from normlab.distributed import StatisticsSync, average_running_stats, to_sync
 
 WORLD = 2
 SPLITS = {"equal": (4, 4), "unequal": (3, 5), "empty": (8, 0)}
@@ -81,6 +81,14 @@ def _check_switch_off_pickle_and_compile(rank: int) -> None:
     torch.testing.assert_close(model(x), _model("bn", "fused").train()(x))
     restored = pickle.loads(pickle.dumps(StatisticsSync(dist.group.WORLD)))
     assert restored.process_group is None
+    layers = torch.nn.Sequential(normlab.create_norm("bn", 2), torch.nn.BatchNorm2d(2))
+    for layer in layers:
+        layer.running_mean.fill_(float(rank))
+        layer.running_var.fill_(1.0 + 2 * rank)
+    average_running_stats(layers)
+    for layer in layers:
+        assert torch.equal(layer.running_mean, torch.full((2,), 0.5))
+        assert torch.equal(layer.running_var, torch.full((2,), 2.0))
 
 
 def _worker(rank: int, port: int, failures) -> None:
@@ -146,3 +154,17 @@ def test_virtual_batches_refuse_to_sync():
     layer.statistics_sync = StatisticsSync()
     with pytest.raises(ValueError, match="virtual batches"):
         layer(torch.randn(4, 4, 2, 2))
+
+
+def test_only_layers_that_pool_over_samples_get_synced():
+    layers = {
+        "bn": normlab.create_norm("bn", 4),
+        "iebn": normlab.create_norm("iebn", 4),
+        "bin": normlab.create_norm("bin", 4),
+        "sn": normlab.create_norm("sn", 4),
+        "in": normlab.create_norm("in", 4, track_running_stats=True),
+        "sn_without_bn": normlab.create_norm("sn", 4, using_bn=False),
+    }
+    to_sync(torch.nn.ModuleDict(layers))
+    synced = {name for name, layer in layers.items() if layer.statistics_sync is not None}
+    assert synced == {"bn", "iebn", "bin", "sn"}

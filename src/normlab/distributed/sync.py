@@ -90,8 +90,10 @@ class StatisticsSync:
         return f"StatisticsSync(process_group={self.process_group!r})"
 
 
-def _batch_statistics_layers(model: nn.Module):
-    return [m for m in model.modules() if hasattr(m, "statistics_sync")]
+def _pooling_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose statistics pool over the samples of a batch (BN, IEBN, BIN, SN
+    with BN among its normalizers)."""
+    return [m for m in model.modules() if getattr(m, "pools_batch", False)]
 
 
 def to_sync(model: nn.Module, process_group=None, *, enabled: bool = True) -> nn.Module:
@@ -106,7 +108,7 @@ def to_sync(model: nn.Module, process_group=None, *, enabled: bool = True) -> nn
     Returns:
         ``model`` itself.
     """
-    layers = _batch_statistics_layers(model)
+    layers = _pooling_layers(model)
     if enabled:
         virtual = [type(m).__name__ for m in layers if m.virtual_batch_size is not None]
         if virtual:
@@ -122,8 +124,9 @@ def to_sync(model: nn.Module, process_group=None, *, enabled: bool = True) -> nn
 
 @torch.no_grad()
 def average_running_stats(model: nn.Module, process_group=None) -> nn.Module:
-    """Average ``running_mean`` and ``running_var`` of every layer over the processes of
-    ``process_group``, e.g. before evaluating a model trained without sync.
+    """Average ``running_mean`` and ``running_var`` of every layer that has them (torch's
+    norms included) over the processes of ``process_group``, e.g. before evaluating a
+    model trained without sync.
 
     Returns:
         ``model`` itself.
@@ -131,10 +134,10 @@ def average_running_stats(model: nn.Module, process_group=None) -> nn.Module:
     if not dist.is_available() or not dist.is_initialized():
         return model
     world = dist.get_world_size(process_group)
-    for layer in _batch_statistics_layers(model):
+    for layer in model.modules():
         for name in ("running_mean", "running_var"):
-            buffer = getattr(layer, name)
-            if buffer is not None:
+            buffer = getattr(layer, name, None)
+            if isinstance(buffer, torch.Tensor):
                 dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=process_group)
                 buffer.div_(world)
     return model

@@ -40,12 +40,16 @@ class BatchStatistics(nn.Module):
         update_running_stats: when False, training uses batch statistics without moving
             the running ones (SN's ``using_moving_average=False``);
             :func:`normlab.update_norm_stats` switches it on while it re-estimates them.
+        pools_batch: whether the layer pools statistics over the samples of a batch (and so
+            can pool them over processes too); False for instance normalization.
         statistics_sync: ``None``, or a callable
             ``sync(mean, var, samples) -> (mean, var, samples)`` that pools the (1, C) batch
             statistics of ``samples`` samples with those of other processes (set by
             :func:`normlab.distributed.to_sync`; this module never imports
             ``torch.distributed``).
     """
+
+    pools_batch = True
 
     def init_batch_statistics(
         self,

@@ -94,6 +94,8 @@ class InstanceNorm(BatchStatistics, NormBase):
     as torch does) and uses them in eval.
     """
 
+    pools_batch = False
+
     def __init__(
         self,
         num_features: int,
@@ -116,7 +118,7 @@ class InstanceNorm(BatchStatistics, NormBase):
                 self.running_mean.to(mean.dtype), self.running_var.to(mean.dtype), self.eps
             )
         check_instance_statistics(self, count)
-        if self.training and self.track_running_stats and self.update_running_stats:
+        if self.moves_running_stats():
             self._update_running_stats(mean, var, 1, count)
         return standardize(mean, var, self.eps)
 

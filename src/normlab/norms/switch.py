@@ -120,6 +120,11 @@ class SwitchNorm(BatchStatistics, NormBase):
             nn.init.zeros_(self.weight)
 
     @property
+    def pools_batch(self) -> bool:
+        """Whether BN statistics are among the mixed ones (only they pool over samples)."""
+        return "bn" in self.normalizers
+
+    @property
     def using_moving_average(self) -> bool:
         return self.update_running_stats
 
