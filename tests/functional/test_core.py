@@ -145,3 +145,29 @@ def test_cached_kernel_constants_stay_zeros_and_ones():
     assert torch.equal(zeros, torch.zeros(12)) and torch.equal(ones, torch.ones(12))
     assert empty_mean.numel() == 0 and empty_invstd.numel() == 0
     assert unit_rows(12, x.dtype, x.device)[0] is zeros
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("name", ["bn", "in"])
+def test_norms_with_running_stats_skip_the_moments_pass_in_eval(monkeypatch, backend, name):
+    import normlab.functional.affine as affine
+
+    def no_moments(*args, **kwargs):
+        raise AssertionError("moments computed although the coefficients do not read them")
+
+    layer = normlab.create_norm(name, 3, backend=backend, track_running_stats=True)
+    layer.running_mean.fill_(0.5)
+    layer.running_var.fill_(4.0)
+    layer.eval()
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    for fn in ("instance_moments", "instance_moments_nograd"):
+        monkeypatch.setattr(affine, fn, no_moments)
+    y = layer(x)
+    torch.testing.assert_close(y, (x - 0.5) / torch.sqrt(torch.tensor(4.0 + layer.eps)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, (4.0 + layer.eps) ** -0.5))
+
+
+def test_variance_without_mean_is_refused():
+    with pytest.raises(ValueError, match="with_var=True needs with_mean=True"):
+        F.affine_norm(torch.randn(2, 3, 4), lambda m, v: (m, m), with_var=True, with_mean=False)

@@ -34,6 +34,7 @@ from normlab.functional.moments import (
     instance_moments_nograd,
     spatial_size,
     spatial_sums,
+    statistics_dtype,
     unit_rows,
 )
 
@@ -94,8 +95,18 @@ def triton_available(x: torch.Tensor) -> bool:
     )
 
 
-def _moments(x: torch.Tensor, with_var: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _skipped_moments(x: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """Zeros standing in for the mean, and no variance, when the coefficients read neither
+    (e.g. BN in eval): no pass over ``x`` at all."""
+    return torch.zeros(x.shape[:2], dtype=statistics_dtype(x), device=x.device), None
+
+
+def _moments(
+    x: torch.Tensor, with_mean: bool, with_var: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-(n, c) moments without autograd: Triton kernel where available, else torch."""
+    if not with_mean:
+        return _skipped_moments(x)
     if triton_available(x):
         mean, var = _triton_kernels().row_moments(x)
         return mean, var if with_var else None
@@ -144,15 +155,15 @@ class AffineNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, coef, with_var, *params):
-        mean, var = _moments(x, with_var)
+    def forward(ctx, x, coef, with_mean, with_var, *params):
+        mean, var = _moments(x, with_mean, with_var)
         grad_x = ctx.needs_input_grad[0]
         mean = mean.requires_grad_(grad_x)
         if var is not None:
             var = var.requires_grad_(grad_x)
         leaves = [
             None if p is None else p.detach().requires_grad_(needs)
-            for p, needs in zip(params, ctx.needs_input_grad[3:])
+            for p, needs in zip(params, ctx.needs_input_grad[4:])
         ]
         with torch.enable_grad():
             scale, shift = coef(mean, var, *leaves)
@@ -196,17 +207,17 @@ class AffineNormFunction(torch.autograd.Function):
                 grad_x = _affine(x, p, q)
                 grad_x.addcmul_(_per_channel(scale.detach().to(x.dtype), x.dim()), grad_y)
         grad_params = [None if t is None else by_input.get(id(t)) for t in leaves]
-        return (grad_x, None, None, *grad_params)
+        return (grad_x, None, None, None, *grad_params)
 
 
-def _reference(x, coef, with_var, params):
-    mean, var = instance_moments(x, with_var=with_var)
+def _reference(x, coef, with_mean, with_var, params):
+    mean, var = instance_moments(x, with_var=with_var) if with_mean else _skipped_moments(x)
     scale, shift = coef(mean, var, *params)
     return apply_affine(x, scale, shift)
 
 
-def _without_grad(x, coef, with_var, params):
-    mean, var = _moments(x, with_var)
+def _without_grad(x, coef, with_mean, with_var, params):
+    mean, var = _moments(x, with_mean, with_var)
     scale, shift = coef(mean, var, *params)
     return _affine(x, scale, shift)
 
@@ -217,6 +228,7 @@ def affine_norm(
     params: Sequence[torch.Tensor | None] = (),
     *,
     with_var: bool = True,
+    with_mean: bool = True,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Normalize ``x`` with coefficients computed from its per-(n, c) moments.
@@ -228,6 +240,9 @@ def affine_norm(
             as a side effect: it is called exactly once per forward.
         params: tensors (or ``None``) the coefficients depend on; gradients flow to them.
         with_var: whether ``coef`` needs the variance (e.g. not in BN eval).
+        with_mean: whether ``coef`` reads the mean; when False (which needs ``with_var``
+            False too) no pass over ``x`` computes moments and ``coef`` gets zeros for the
+            mean.
         backend: ``"reference"``, ``"fused"`` or ``None`` for the global default. Under
             ``torch.compile`` the plain-ops path is traced whatever the choice.
 
@@ -238,15 +253,18 @@ def affine_norm(
         - x: (N, C) or (N, C, *); an (N, C) input has one element per (n, c) pair.
         - output: same as x.
     """
+    if with_var and not with_mean:
+        raise ValueError("affine_norm: with_var=True needs with_mean=True")
     if x.dim() == 2:
         return affine_norm(
-            x.unsqueeze(-1), coef, params, with_var=with_var, backend=backend
+            x.unsqueeze(-1), coef, params, with_var=with_var, with_mean=with_mean,
+            backend=backend,
         ).squeeze(-1)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p is not None and p.requires_grad for p in params)
     )
     if resolve_backend(backend) == "reference" or torch.compiler.is_compiling():
-        return _reference(x, coef, with_var, params)
+        return _reference(x, coef, with_mean, with_var, params)
     if not needs_grad:
-        return _without_grad(x, coef, with_var, params)
-    return AffineNormFunction.apply(x, coef, with_var, *params)
+        return _without_grad(x, coef, with_mean, with_var, params)
+    return AffineNormFunction.apply(x, coef, with_mean, with_var, *params)

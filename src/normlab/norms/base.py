@@ -102,6 +102,11 @@ class NormBase(nn.Module):
         """Whether the coefficients use the per-(n, c) variance in the current mode."""
         return True
 
+    def needs_mean(self) -> bool:
+        """Whether the coefficients read the per-(n, c) mean in the current mode; when
+        neither moment is read (BN in eval), no pass over the input computes them."""
+        return True
+
     def coefficients(
         self,
         mean: torch.Tensor,
@@ -164,6 +169,7 @@ class NormBase(nn.Module):
             coef,
             tuple(params.values()),
             with_var=self.needs_variance(),
+            with_mean=self.needs_mean(),
             backend=self.backend,
         )
 

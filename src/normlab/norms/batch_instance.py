@@ -64,6 +64,10 @@ class BatchInstanceNorm(BatchNorm):
         """The IN branch uses the sample's variance in training and in eval."""
         return True
 
+    def needs_mean(self) -> bool:
+        """The IN branch uses the sample's mean in training and in eval."""
+        return True
+
     def normalizer(self, mean, var, params, count):
         rho = params["gate"]
         batch_scale, batch_shift = super().normalizer(mean, var, params, count)

@@ -148,6 +148,10 @@ class IEBN(BatchNorm):
             return F.relu(logit)
         return torch.softmax(logit, dim=1)
 
+    def needs_mean(self) -> bool:
+        """The gate reads the raw input's mean in training and in eval (Alg. 1 step 8)."""
+        return True
+
     def gates(self, mean, params):
         delta = self.gate(mean, params)
         return (

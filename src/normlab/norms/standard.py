@@ -81,6 +81,9 @@ class BatchNorm(BatchStatistics, NormBase):
     def needs_variance(self) -> bool:
         return self.uses_batch_statistics()
 
+    def needs_mean(self) -> bool:
+        return self.uses_batch_statistics()
+
     def normalizer(self, mean, var, params, count):
         return standardize(*self.batch_statistics(mean, var, count), self.eps)
 
@@ -110,6 +113,9 @@ class InstanceNorm(BatchStatistics, NormBase):
         self.init_batch_statistics(num_features, momentum, track_running_stats, None)
 
     def needs_variance(self) -> bool:
+        return self.uses_batch_statistics()
+
+    def needs_mean(self) -> bool:
         return self.uses_batch_statistics()
 
     def normalizer(self, mean, var, params, count):
