@@ -30,30 +30,37 @@ _LISTS = ("norms", "models", "datasets", "configs")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from normlab.train import config_to_yaml, find_config, load_config, resume, train
     from normlab.train.parallel import leave_process_group
+
+    try:
+        summary = _run_training(args)
+    finally:
+        reports = leave_process_group()  # under torchrun, rank 0 reports
+    if summary is not None and reports:
+        print(
+            f"run {summary['run_dir']}: final acc {summary['final_acc']:.2f}, best "
+            f"{summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
+            f"{summary['time_s']:.1f}s training"
+        )
+    return 0
+
+
+def _run_training(args: argparse.Namespace) -> dict | None:
+    """Train or resume as the arguments say; ``None`` when only the config was printed."""
+    from normlab.train import config_to_yaml, find_config, load_config, resume, train
 
     if args.resume is not None:
         if args.config is not None:
             raise _UsageError("--resume continues a run with its own config.yaml; drop -c")
-        summary = resume(args.resume, overrides=args.overrides, progress=not args.quiet)
-    else:
-        if args.config is None:
-            raise _UsageError("give a config: normlab train -c CONFIG (see `normlab list configs`)")
-        config = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(config_to_yaml(config), end="")
-            return 0
-        name = find_config(args.config).stem
-        summary = train(config, default_name=name, progress=not args.quiet)
-    if not leave_process_group():  # under torchrun, rank 0 reports
-        return 0
-    print(
-        f"run {summary['run_dir']}: final acc {summary['final_acc']:.2f}, best "
-        f"{summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
-        f"{summary['time_s']:.1f}s training"
-    )
-    return 0
+        return resume(args.resume, overrides=args.overrides, progress=not args.quiet)
+    if args.config is None:
+        raise _UsageError("give a config: normlab train -c CONFIG (see `normlab list configs`)")
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        return None
+    name = find_config(args.config).stem
+    return train(config, default_name=name, progress=not args.quiet)
 
 
 def _metrics_line(label: str, metrics: dict[str, float]) -> str:

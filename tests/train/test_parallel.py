@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from normlab.train import ConfigError, load_checkpoint, resume, train
-from normlab.train.parallel import Parallel, ShardedLoader
+from normlab.train.parallel import Parallel, ShardedLoader, leave_process_group
 
 from .tiny import tiny_builders
 
@@ -43,12 +43,17 @@ def _worker(rank: int, port: int, configs: dict, out: str) -> None:
         WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    for norm, config in configs.items():
-        train(config, run_dir=f"{out}/{norm}-straight", builders=_builders(), log=None)
-        one_epoch = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
-        train(one_epoch, run_dir=f"{out}/{norm}-resumed", builders=_builders(), log=None)
-        resume(f"{out}/{norm}-resumed", overrides=["train.epochs=2"], builders=_builders(),
-               log=None)
+    try:
+        for norm, config in configs.items():
+            train(config, run_dir=f"{out}/{norm}-straight", builders=_builders(), log=None)
+            one_epoch = dataclasses.replace(
+                config, train=dataclasses.replace(config.train, epochs=1)
+            )
+            train(one_epoch, run_dir=f"{out}/{norm}-resumed", builders=_builders(), log=None)
+            resume(f"{out}/{norm}-resumed", overrides=["train.epochs=2"],
+                   builders=_builders(), log=None)
+    finally:
+        leave_process_group()  # joined by train(); left here, as the CLI does
 
 
 def _free_port() -> int:

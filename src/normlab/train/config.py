@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from normlab.train.errors import ConfigError
+from normlab.train.records import write_text_atomic
 
 __all__ = [
     "Config",
@@ -545,5 +546,6 @@ def config_to_yaml(config: Config) -> str:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
-    Path(path).write_text(config_to_yaml(config))
+    """Write the resolved config as YAML (loadable again with :func:`load_config`),
+    atomically."""
+    write_text_atomic(config_to_yaml(config), path)

@@ -14,7 +14,10 @@ launcher that sets them works. Each process then:
 - sums its training and test counts with the others, so every process sees the metrics
   of the whole batch and the whole test set.
 
-Only the first process (rank 0) writes the run folder. With synced statistics, K
+The process group stays joined when :func:`~normlab.train.train` returns (a script may
+train again); ``normlab train`` leaves it at the end, and scripts should call
+:func:`leave_process_group` before exiting. Only the first process (rank 0) writes the run
+folder. With synced statistics, K
 processes train like one process with the whole batch (up to float summation order).
 
 A process whose share of a batch is empty (a last test batch smaller than K) still takes

@@ -25,17 +25,23 @@ import torch
 
 from normlab.train.errors import RunDirError
 
-__all__ = ["MetricsLog", "TensorBoardLog", "environment", "write_json"]
+__all__ = ["MetricsLog", "TensorBoardLog", "environment", "write_json", "write_text_atomic"]
 
 METRICS, SUMMARY = "metrics.jsonl", "summary.json"
 
 
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically (temporary file then ``os.replace``)."""
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write ``text`` through a temporary file and ``os.replace``: a reader (or a crash)
+    sees the old file or the new one, never a partial one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
 class MetricsLog:

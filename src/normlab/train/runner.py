@@ -387,7 +387,9 @@ def resume(
         raise RunDirError(f"{folder} has no {CONFIG_FILE}; it is not a normlab run folder")
     ckpt = load_checkpoint(ckpt_path)
     config = load_config(folder / CONFIG_FILE, list(overrides))
-    run = _Run(config, folder, builders, callbacks, progress, log, _join(config))
+    joined = _join(config)
+    joined[0].barrier()  # every process has read the folder before rank 0 writes to it
+    run = _Run(config, folder, builders, callbacks, progress, log, joined)
     run.restore(ckpt)
     if log:
         log(f"resumed {folder} from {ckpt_path.name} at epoch {run.epoch}/{config.train.epochs}")
