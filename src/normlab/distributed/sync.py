@@ -69,9 +69,7 @@ class StatisticsSync:
         Returns the pooled mean and variance, shape (1, C), and the total sample count.
         """
         group = self.process_group
-        if not dist.is_available() or not dist.is_initialized():
-            return mean, var, samples
-        if dist.get_world_size(group) == 1:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             return mean, var, samples
         counts = mean.new_full(mean.shape, float(samples))
         gathered = all_gather_with_grad(torch.cat([mean, var, counts]), group)

@@ -75,6 +75,8 @@ class Parallel:
 
     def all_true(self, flag: torch.Tensor) -> bool:
         """Whether ``flag`` holds on every process (the same answer everywhere)."""
+        if not self.enabled:
+            return bool(flag)
         (count,) = self.sum(flag.to(torch.int64))
         return int(count) == self.world_size
 

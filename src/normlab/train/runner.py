@@ -34,7 +34,7 @@ from normlab.train.checkpoint import LAST, load_checkpoint, resolve_checkpoint, 
 from normlab.train.config import Config, config_to_dict, load_config, save_config
 from normlab.train.engine import StepCallback, Trainer
 from normlab.train.errors import ConfigError, NonFiniteLossError, RunDirError
-from normlab.train.parallel import SINGLE, Parallel, ShardedLoader, from_environment
+from normlab.train.parallel import Parallel, ShardedLoader, from_environment
 from normlab.train.records import SUMMARY, MetricsLog, TensorBoardLog, environment, write_json
 from normlab.train.schedule import LRSchedule
 from normlab.train.seed import get_rng_state, seed_everything, set_rng_state
@@ -179,7 +179,7 @@ class _Run:
         callbacks: Sequence[StepCallback],
         progress: bool,
         log: Callable[[str], None] | None,
-        joined: tuple[Parallel, torch.device] = (SINGLE, None),
+        joined: tuple[Parallel, torch.device],
     ) -> None:
         self.parallel, device = joined
         main = self.parallel.is_main
