@@ -5,7 +5,6 @@ start-up once); a failed check raises there, and the parent test names it.
 """
 
 import pickle
-import socket
 import traceback
 
 import pytest
@@ -15,6 +14,8 @@ import torch.multiprocessing as mp
 
 import normlab
 from normlab.distributed import StatisticsSync, average_running_stats, to_sync
+
+from ..processes import run_processes
 
 WORLD = 2
 SPLITS = {"equal": (4, 4), "unequal": (3, 5), "empty": (8, 0)}
@@ -91,11 +92,8 @@ def _check_switch_off_pickle_and_compile(rank: int) -> None:
         assert torch.equal(layer.running_var, torch.full((2,), 2.0))
 
 
-def _worker(rank: int, port: int, failures) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    torch.set_num_threads(1)
+def _worker(rank: int, failures) -> None:
+    dist.init_process_group("gloo")
     try:
         for case in CASES:
             try:
@@ -110,19 +108,10 @@ def _worker(rank: int, port: int, failures) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def failures():
-    context = mp.get_context("spawn")
-    queue = context.Manager().Queue()
-    mp.start_processes(
-        _worker, args=(_free_port(), queue), nprocs=WORLD, join=True, start_method="spawn"
-    )
+def failures(tmp_path_factory):
+    queue = mp.get_context("spawn").Manager().Queue()
+    run_processes(_worker, (queue,), world=WORLD, logs=tmp_path_factory.mktemp("sync-logs"))
     found = {}
     while not queue.empty():
         rank, case, text = queue.get()

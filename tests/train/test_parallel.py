@@ -8,17 +8,15 @@ whole batch (up to float summation order), straight or resumed; only rank 0 writ
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from normlab.train import ConfigError, load_checkpoint, resume, train
 from normlab.train.parallel import Parallel, ShardedLoader, leave_process_group
 
+from ..processes import run_processes
 from .tiny import tiny_builders
 
 WORLD = 2
@@ -37,12 +35,7 @@ def _builders():
     return type(base)(loaders=base.loaders, model=model, optimizer=base.optimizer)
 
 
-def _worker(rank: int, port: int, configs: dict, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-        WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+def _worker(rank: int, configs: dict, out: str) -> None:
     try:
         for norm, config in configs.items():
             train(config, run_dir=f"{out}/{norm}-straight", builders=_builders(), log=None)
@@ -54,12 +47,6 @@ def _worker(rank: int, port: int, configs: dict, out: str) -> None:
                    builders=_builders(), log=None)
     finally:
         leave_process_group()  # joined by train(); left here, as the CLI does
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +65,8 @@ def runs(tmp_path_factory):
         })
         for norm in NORMS
     }
-    mp.start_processes(_worker, args=(_free_port(), configs, str(out)), nprocs=WORLD,
-                       join=True, start_method="spawn")
+    run_processes(_worker, (configs, str(out)), world=WORLD,
+                  logs=tmp_path_factory.mktemp("parallel-logs"))
     for norm, config in configs.items():
         train(config, run_dir=out / f"{norm}-single", builders=_builders(), log=None)
     return out
