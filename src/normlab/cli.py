@@ -126,6 +126,36 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_SEEDS = {"tiny": 3, "full": 1}
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from normlab.experiments import get_experiment, list_experiments
+
+    if args.action == "list":
+        names = list_experiments()
+        width = max(map(len, names))
+        for name in names:
+            experiment = get_experiment(name)
+            print(f"{name:<{width}}  {experiment.source}: {experiment.title}")
+        return 0
+    from normlab.experiments import run_experiment
+    from normlab.report.experiment import experiment_report
+
+    try:
+        experiment = get_experiment(args.name)
+    except KeyError as exc:
+        raise _UsageError(exc.args[0]) from exc
+    seeds = range(args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.scale])
+    if args.action == "run":
+        counts = run_experiment(experiment, scale=args.scale, seeds=seeds, out=args.out,
+                                overrides=args.overrides, progress=not args.quiet)
+        print(", ".join(f"{n} {what}" for what, n in counts.items()))
+    path = experiment_report(experiment, scale=args.scale, out=args.out, seeds=seeds)
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_demo(argv: list[str]) -> int:
     from normlab.experiments.demo import main as demo_main
 
@@ -144,7 +174,8 @@ class _UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="normlab", description="Adaptive normalization: train, evaluate, list, demo."
+        prog="normlab",
+        description="Adaptive normalization: train, evaluate, experiments, list, demo."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -181,6 +212,22 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list norms, models, datasets or configs")
     ls.add_argument("what", choices=_LISTS)
 
+    ex = sub.add_parser("experiment", help="the papers' tables: list, run (a sweep), report")
+    actions = ex.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="list the named experiments")
+    sweep = argparse.ArgumentParser(add_help=False)
+    sweep.add_argument("name", help="experiment name (see `normlab experiment list`)")
+    sweep.add_argument("--scale", choices=("tiny", "full"), default="tiny",
+                       help="tiny: CPU-sized, built-in data (default); full: the paper's recipe")
+    sweep.add_argument("--seeds", type=int, metavar="N",
+                       help=f"seeds 0..N-1 per cell (default {DEFAULT_SEEDS['tiny']} tiny, "
+                            f"{DEFAULT_SEEDS['full']} full)")
+    sweep.add_argument("--out", default="experiments", help="output folder (default experiments)")
+    run = actions.add_parser("run", parents=[sweep, overrides],
+                             help="train the runs not finished yet, then write the report")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    actions.add_parser("report", parents=[sweep], help="write the report from the runs so far")
+
     sub.add_parser("demo", help="what the adaptive norms do, in minutes (its own options)")
     sub.add_parser("bench", help="layer and model benchmarks (its own options)")
     return parser
@@ -197,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command, run = argv[0], partial(passthrough[argv[0]], argv[1:])
     else:
         args = _parser().parse_args(argv)
-        commands = {"train": _cmd_train, "eval": _cmd_eval, "list": _cmd_list}
+        commands = {"train": _cmd_train, "eval": _cmd_eval, "list": _cmd_list,
+                    "experiment": _cmd_experiment}
         command, run = args.command, partial(commands[args.command], args)
     try:
         return run()

@@ -1,5 +1,6 @@
-"""Reports: Markdown tables (mean ± std, paper layout) and PNG figures."""
+"""Reports: Markdown tables (mean ± std, paper layout), PNG figures, experiment reports."""
 
+from normlab.report.experiment import CellResult, collect_results, experiment_report
 from normlab.report.figures import (
     accuracy_figure,
     bin_gates_figure,
@@ -9,8 +10,11 @@ from normlab.report.figures import (
 from normlab.report.tables import markdown_table, mean_std
 
 __all__ = [
+    "CellResult",
     "accuracy_figure",
     "bin_gates_figure",
+    "collect_results",
+    "experiment_report",
     "iebn_gates_figure",
     "markdown_table",
     "mean_std",

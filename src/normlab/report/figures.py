@@ -38,11 +38,18 @@ def accuracy_figure(
     *,
     titles: Mapping[str, str] | None = None,
     ylabel: str = "test accuracy (%)",
+    paper: Mapping[str, Mapping[str, float]] | None = None,
+    full_scale: bool = True,
 ) -> Path:
-    """Grouped bars: one group per setting, one bar per norm, mean with std error bars."""
+    """Grouped bars: one group per setting, one bar per norm (``cells[setting][norm]``), mean
+    with std error bars; ``paper[setting][norm]`` values are drawn as black diamonds.
+
+    ``full_scale`` puts the y axis at 0-100; otherwise it fits the values.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(settings) + 2), 4))
     width = 0.8 / max(len(norms), 1)
+    marked = False
     for i, norm in enumerate(norms):
         means, errors = [], []
         for setting in settings:
@@ -51,12 +58,19 @@ def accuracy_figure(
             errors.append(statistics.pstdev(values) if len(values) > 1 else 0.0)
         positions = [s + (i - (len(norms) - 1) / 2) * width for s in range(len(settings))]
         ax.bar(positions, means, width, yerr=errors, label=norm, capsize=2)
+        for position, setting in zip(positions, settings):
+            value = (paper or {}).get(setting, {}).get(norm)
+            if value is not None:
+                ax.plot(position, value, "kD", markersize=4,
+                        label=None if marked else "paper")
+                marked = True
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels([(titles or {}).get(s, s) for s in settings])
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
-    ax.legend(ncol=min(len(norms), 7), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-              frameon=False)
+    if full_scale:
+        ax.set_ylim(0, 100)
+    ax.legend(ncol=min(len(norms) + marked, 8), fontsize=8, loc="lower center",
+              bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

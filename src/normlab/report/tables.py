@@ -19,34 +19,55 @@ def mean_std(values: Sequence[float], digits: int = 1) -> str:
 
 
 def markdown_table(
-    cells: Mapping[str, Mapping[str, Sequence[float]]],
+    cells: Mapping[str, Mapping[str, Sequence[float] | str]],
     rows: Sequence[str],
     columns: Sequence[str],
     *,
     row_header: str = "",
     column_titles: Mapping[str, str] | None = None,
     digits: int = 1,
-    bold_best: bool = True,
+    best: str | None = "max",
+    best_within: str = "column",
 ) -> str:
-    """A Markdown table of ``cells[column][row]`` value lists as mean ± std.
+    """A Markdown table of ``cells[column][row]``: value lists as mean ± std, strings as given.
 
-    With ``bold_best`` the highest mean of each column is set in bold.
+    Args:
+        best: ``"max"`` or ``"min"``: set the best mean in bold; ``None``: no bold.
+        best_within: ``"column"`` (best of each column) or ``"row"`` (best of each row).
     """
+    if best not in ("max", "min", None) or best_within not in ("column", "row"):
+        raise ValueError(f"best must be 'max', 'min' or None and best_within 'column' or "
+                         f"'row', got {best!r} and {best_within!r}")
     titles = column_titles or {}
+
+    def values(row: str, column: str) -> Sequence[float] | str:
+        return cells.get(column, {}).get(row, [])
+
+    def winner(keys: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+        if best is None:
+            return None
+        means = {
+            k: statistics.fmean(v) for k in keys if (v := values(*k)) and not isinstance(v, str)
+        }
+        if not means:
+            return None
+        return (max if best == "max" else min)(means, key=means.get)
+
+    groups = (
+        [[(r, c) for r in rows] for c in columns]
+        if best_within == "column"
+        else [[(r, c) for c in columns] for r in rows]
+    )
+    bold = {winner(group) for group in groups}
     lines = [
         "| " + " | ".join([row_header, *(titles.get(c, c) for c in columns)]) + " |",
         "|" + "---|" * (len(columns) + 1),
     ]
-    best = {}
-    for column in columns:
-        means = {
-            r: statistics.fmean(v) for r in rows if (v := cells.get(column, {}).get(r))
-        }
-        best[column] = max(means, key=means.get) if means else None
     for row in rows:
         entries = []
         for column in columns:
-            text = mean_std(cells.get(column, {}).get(row, []), digits)
-            entries.append(f"**{text}**" if bold_best and best[column] == row else text)
+            value = values(row, column)
+            text = value if isinstance(value, str) else mean_std(value, digits)
+            entries.append(f"**{text}**" if (row, column) in bold else text)
         lines.append("| " + " | ".join([row, *entries]) + " |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,154 @@
+"""Named experiments: a paper table as a grid of training runs, laid out as the paper lays it out.
+
+An :class:`Experiment` names its rows and columns in the paper's order and says, for each
+(row, column) :class:`Cell`, which shipped config trains it and with which overrides. Every
+cell runs at two scales:
+
+- ``full``: the paper's recipe (``Cell.config``), on the paper's data (local files);
+- ``tiny``: the config's CPU-sized variant (``<config>_tiny``, built-in data, minutes), with
+  the same norms and schedule shape. Cells whose difference from another cell is only the
+  data set (e.g. a CIFAR-100 column) have ``tiny=False`` and are left out at that scale.
+
+Experiments register themselves by name (:func:`register`) from one module per table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "SCALES",
+    "Cell",
+    "Experiment",
+    "get_experiment",
+    "list_experiments",
+    "register",
+    "tiny_variant",
+]
+
+SCALES = ("tiny", "full")
+
+
+def tiny_variant(config: str) -> str:
+    """The CPU-sized variant of a config: ``name_tiny`` for a shipped name,
+    ``dir/name_tiny.yaml`` for a file path."""
+    if config.endswith((".yaml", ".yml")):
+        path = Path(config)
+        return str(path.with_name(f"{path.stem}_tiny{path.suffix}"))
+    return f"{config}_tiny"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (row, column) entry of a paper table: the runs that produce it.
+
+    Attributes:
+        config: Shipped config name of the paper's recipe (``normlab list configs``).
+        overrides: ``section.key=value`` items for both scales (e.g. ``model.norm=bn``).
+        full_overrides: Items for the full scale only (e.g. ``data.name=cifar100``).
+        tiny: Whether the cell also runs at the tiny scale.
+    """
+
+    config: str
+    overrides: tuple[str, ...] = ()
+    full_overrides: tuple[str, ...] = ()
+    tiny: bool = True
+
+    def at(self, scale: str) -> tuple[str, tuple[str, ...]] | None:
+        """``(config name, overrides)`` at ``scale``, or ``None`` if the cell does not run."""
+        if scale == "full":
+            return self.config, self.overrides + self.full_overrides
+        if scale == "tiny":
+            return (tiny_variant(self.config), self.overrides) if self.tiny else None
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A paper table (or the numbers behind a figure) as a grid of runs.
+
+    Attributes:
+        name: Registry name, ``<paper>_<table>_<topic>``.
+        source: Where it is in the paper, e.g. ``"IEBN paper, Table 6"``.
+        title: What the table shows (one line).
+        rows: Row labels in the paper's order.
+        columns: Column labels in the paper's order.
+        cells: ``cells[(row, column)]``; a missing key is a blank in the paper's table.
+        metric: ``"error"`` (top-1 error, %) or ``"accuracy"`` (top-1 accuracy, %), as the
+            paper reports it.
+        paper: The paper's numbers, ``paper[(row, column)]`` as printed (strings).
+        notes: What differs from the paper, or how to read the table (Markdown).
+    """
+
+    name: str
+    source: str
+    title: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    cells: Mapping[tuple[str, str], Cell]
+    metric: str = "error"
+    paper: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("error", "accuracy"):
+            raise ValueError(f"metric must be 'error' or 'accuracy', got {self.metric!r}")
+        for key in (*self.cells, *self.paper):
+            if key[0] not in self.rows or key[1] not in self.columns:
+                raise ValueError(f"{self.name}: cell {key} is not in the rows and columns")
+
+    def runs(self, scale: str) -> list[tuple[tuple[str, str], str, tuple[str, ...]]]:
+        """``((row, column), config, overrides)`` of every cell that runs at ``scale``,
+        in reading order (row by row)."""
+        out = []
+        for row in self.rows:
+            for column in self.columns:
+                cell = self.cells.get((row, column))
+                spec = cell.at(scale) if cell is not None else None
+                if spec is not None:
+                    out.append(((row, column), *spec))
+        return out
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register(experiment: Experiment) -> Experiment:
+    """Add ``experiment`` to the registry (its name must be new); return it."""
+    if experiment.name in _REGISTRY:
+        raise ValueError(f"experiment {experiment.name!r} is already registered")
+    _REGISTRY[experiment.name] = experiment
+    return experiment
+
+
+def _load_tables() -> None:
+    from normlab.experiments import tables  # noqa: F401  (registers every table)
+
+
+def list_experiments() -> list[str]:
+    """Names of every registered experiment, sorted."""
+    _load_tables()
+    return sorted(_REGISTRY)
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``.
+
+    Raises:
+        KeyError: No experiment has that name (the message lists them).
+    """
+    _load_tables()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def grid(
+    rows: Sequence[str],
+    columns: Sequence[str],
+    make: Mapping[str, Mapping[str, Cell]],
+) -> dict[tuple[str, str], Cell]:
+    """``cells`` from ``make[row][column]`` (a convenience for table modules)."""
+    return {(r, c): make[r][c] for r in rows for c in columns if c in make.get(r, {})}

@@ -1,0 +1,198 @@
+"""Run an experiment's grid: one ordinary run folder per (cell, seed), resumable and skippable.
+
+Layout under the output folder::
+
+    OUT/<experiment>/<scale>/<row>--<column>/seed<k>/   a normlab run folder (config.yaml,
+                                                         metrics.jsonl, summary.json, *.pt)
+
+A sweep looks at each folder before it trains: a completed run is skipped, a run that has a
+checkpoint is resumed from it (so a crashed or interrupted sweep continues where it stopped),
+a run that stopped on a non-finite loss is left as it is (it would diverge again), and a
+folder with only the files of an unfinished first epoch is started afresh. A folder made
+with a different config is an error, never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from normlab.experiments.registry import Experiment
+from normlab.train import (
+    Builders,
+    Config,
+    ConfigError,
+    NonFiniteLossError,
+    config_to_dict,
+    load_config,
+    resume,
+    train,
+)
+from normlab.train.checkpoint import LAST, PREV
+from normlab.train.records import SUMMARY
+from normlab.train.runner import CONFIG_FILE
+
+__all__ = ["PlannedRun", "plan_runs", "run_experiment", "run_status"]
+
+COMPLETED, DIVERGED, RESUMABLE, NEW = "completed", "diverged", "resumable", "new"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of a sweep: a table cell at one seed."""
+
+    cell: tuple[str, str]
+    seed: int
+    folder: Path
+    config: Config
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
+
+
+def cell_folder(out: str | Path, experiment: Experiment, scale: str, cell: tuple[str, str]) -> Path:
+    """The folder that holds one cell's seeds."""
+    return Path(out) / experiment.name / scale / f"{_slug(cell[0])}--{_slug(cell[1])}"
+
+
+def plan_runs(
+    experiment: Experiment,
+    *,
+    scale: str,
+    seeds: Sequence[int],
+    out: str | Path,
+    overrides: Sequence[str] = (),
+) -> list[PlannedRun]:
+    """Every run of the sweep, cell by cell (reading order), each with its resolved config.
+
+    ``overrides`` apply to every cell after the cell's own (e.g. ``train.epochs=1``);
+    each run's ``train.seed`` is its seed.
+
+    Raises:
+        ConfigError: A cell's config does not resolve (the message names the cell).
+    """
+    planned = []
+    for cell, config_name, cell_overrides in experiment.runs(scale):
+        for seed in seeds:
+            items = [*cell_overrides, *overrides, f"train.seed={seed}"]
+            try:
+                config = load_config(config_name, items)
+            except ConfigError as exc:
+                raise ConfigError(f"{experiment.name} cell {cell}: {exc}") from exc
+            folder = cell_folder(out, experiment, scale, cell) / f"seed{seed}"
+            planned.append(PlannedRun(cell, seed, folder, config))
+    return planned
+
+
+def _comparable(config: Config) -> dict[str, Any]:
+    data = config_to_dict(config)
+    data.pop("run", None)
+    data.pop("description", None)
+    return data
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b)):
+            found += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return found
+    return [] if a == b else [f"{prefix[:-1]}: {b!r} in the folder, {a!r} asked"]
+
+
+def run_status(run: PlannedRun) -> str:
+    """What a sweep would do with ``run``'s folder: ``completed`` or ``diverged`` (skip),
+    ``resumable`` (continue from its checkpoint) or ``new`` (train from the start).
+
+    Raises:
+        ConfigError: The folder holds a run with a different config.
+    """
+    folder = run.folder
+    if not (folder / CONFIG_FILE).is_file():
+        return NEW
+    differences = _differences(_comparable(run.config),
+                               _comparable(load_config(folder / CONFIG_FILE)))
+    if differences:
+        raise ConfigError(
+            f"{folder} holds a run with another config ({'; '.join(differences[:5])}); "
+            "give the sweep another --out, or delete that folder to train it again"
+        )
+    summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).is_file() else {}
+    if summary.get("status") == "completed":
+        return COMPLETED
+    if summary.get("status") == "stopped_nonfinite_loss":
+        return DIVERGED
+    if (folder / LAST).is_file() or (folder / PREV).is_file():
+        return RESUMABLE
+    return NEW
+
+
+def _eta(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def run_experiment(
+    experiment: Experiment,
+    *,
+    scale: str = "tiny",
+    seeds: Sequence[int] = (0,),
+    out: str | Path = "experiments",
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    builders: Builders | None = None,
+) -> dict[str, int]:
+    """Train every run of ``experiment`` that is not finished yet.
+
+    Prints one line per run (with the sweep's ETA from the runs trained so far) and, with
+    ``progress``, each run's epoch bar. A run that stops on a non-finite loss is recorded
+    as diverged and the sweep goes on. ``builders`` replace the registries' (for tests).
+
+    Returns:
+        How many runs were ``trained``, ``resumed``, ``skipped`` and ``diverged``.
+
+    Raises:
+        ConfigError: A cell's config does not resolve, or a folder holds another config
+            (checked for every run before anything trains).
+    """
+    planned = plan_runs(experiment, scale=scale, seeds=seeds, out=out, overrides=overrides)
+    statuses = [run_status(run) for run in planned]
+    todo = sum(status in (NEW, RESUMABLE) for status in statuses)
+    counts = {"trained": 0, "resumed": 0, "skipped": 0, "diverged": 0}
+    spent: list[float] = []
+    for index, (run, status) in enumerate(zip(planned, statuses), start=1):
+        label = f"[{index}/{len(planned)}] {run.cell[0]} / {run.cell[1]}, seed {run.seed}"
+        if status in (COMPLETED, DIVERGED):
+            counts["skipped" if status == COMPLETED else "diverged"] += 1
+            log(f"{label}: {status}, skipped")
+            continue
+        left = todo - len(spent)
+        eta = f" (sweep ETA {_eta(left * sum(spent) / len(spent))})" if spent else ""
+        log(f"{label}: {'resuming' if status == RESUMABLE else 'training'}{eta}")
+        start = time.perf_counter()
+        try:
+            if status == RESUMABLE:
+                summary = resume(run.folder, progress=progress, log=None, builders=builders)
+                counts["resumed"] += 1
+            else:
+                if run.folder.exists():
+                    shutil.rmtree(run.folder)  # only an unfinished first epoch: no checkpoint
+                summary = train(run.config, run_dir=run.folder, progress=progress, log=None,
+                                builders=builders)
+                counts["trained"] += 1
+        except NonFiniteLossError as exc:
+            counts["diverged"] += 1
+            log(f"{label}: diverged ({exc})")
+        else:
+            log(f"{label}: final acc {summary['final_acc']:.2f}")
+        spent.append(time.perf_counter() - start)
+    return counts

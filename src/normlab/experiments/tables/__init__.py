@@ -1,0 +1,1 @@
+"""One module per paper table; importing this package registers them all."""

@@ -1,0 +1,156 @@
+"""The report of a named experiment: our table in the paper's layout, the paper's, a figure.
+
+Everything is read back from the sweep's run folders (``summary.json``), so a report can be
+rebuilt at any time, also while a sweep is still running; cells without a finished run show
+``–`` and the report says how many runs are missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from normlab.experiments.registry import Experiment
+from normlab.experiments.sweep import cell_folder
+from normlab.report.figures import accuracy_figure
+from normlab.report.tables import markdown_table
+from normlab.train.records import write_text_atomic
+
+__all__ = ["CellResult", "collect_results", "experiment_report"]
+
+REPORT, FIGURE = "report.md", "figure.png"
+
+
+@dataclass
+class CellResult:
+    """The finished runs of one cell: the metric per seed, and runs that diverged."""
+
+    values: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    diverged: list[int] = field(default_factory=list)
+
+
+def _seed_of(folder: Path) -> int | None:
+    name = folder.name
+    return int(name[4:]) if name.startswith("seed") and name[4:].isdigit() else None
+
+
+def collect_results(
+    experiment: Experiment, *, scale: str, out: str | Path
+) -> dict[tuple[str, str], CellResult]:
+    """The metric of every completed run under ``out``, per cell (in the paper's unit:
+    top-1 error or accuracy, %, of the last epoch)."""
+    results = {}
+    for cell, _, _ in experiment.runs(scale):
+        result = CellResult()
+        folder = cell_folder(out, experiment, scale, cell)
+        runs = sorted((p for p in folder.glob("seed*") if _seed_of(p) is not None), key=_seed_of)
+        for run in runs:
+            path = run / "summary.json"
+            summary = json.loads(path.read_text()) if path.is_file() else {}
+            if summary.get("status") == "completed":
+                acc = float(summary["final_acc"])
+                result.values.append(100.0 - acc if experiment.metric == "error" else acc)
+                result.seeds.append(_seed_of(run))
+            elif summary.get("status") == "stopped_nonfinite_loss":
+                result.diverged.append(_seed_of(run))
+        results[cell] = result
+    return results
+
+
+def _ours_cells(
+    experiment: Experiment, results: dict[tuple[str, str], CellResult]
+) -> dict[str, dict[str, list[float] | str]]:
+    cells: dict[str, dict[str, list[float] | str]] = {}
+    for (row, column), result in results.items():
+        value: list[float] | str = result.values
+        if not result.values and result.diverged:
+            value = "diverged"
+        cells.setdefault(column, {})[row] = value
+    for row in experiment.rows:
+        for column in experiment.columns:
+            if (row, column) not in results:
+                cells.setdefault(column, {})[row] = ""
+    return cells
+
+
+def experiment_report(
+    experiment: Experiment,
+    *,
+    scale: str,
+    out: str | Path,
+    seeds: Sequence[int] | None = None,
+) -> Path:
+    """Write ``report.md`` and ``figure.png`` for ``experiment`` at ``scale``; return the
+    report's path (``OUT/<experiment>/<scale>/report.md``).
+
+    ``seeds`` (the ones the sweep was asked for) lets the report count missing runs.
+    """
+    folder = Path(out) / experiment.name / scale
+    folder.mkdir(parents=True, exist_ok=True)
+    results = collect_results(experiment, scale=scale, out=out)
+    better = "min" if experiment.metric == "error" else "max"
+    unit = f"top-1 {experiment.metric} (%)"
+    lines = [
+        f"# {experiment.name}: {experiment.title}",
+        "",
+        f"{experiment.source}. Scale: **{scale}**"
+        + (" (CPU-sized variants on built-in data: compare the ordering of the columns, not "
+           "the values, with the paper)." if scale == "tiny" else " (the paper's recipe)."),
+        "",
+        f"## normlab: {unit} of the last epoch, mean ± std over seeds",
+        "",
+        markdown_table(_ours_cells(experiment, results), experiment.rows, experiment.columns,
+                       best=better, best_within="row"),
+    ]
+    seed_counts = sorted({len(r.values) for r in results.values()})
+    lines.append(f"Seeds per cell: {', '.join(map(str, seed_counts)) or 'none yet'}.")
+    if seeds is not None:
+        missing = [
+            f"{row} / {column} seed {seed}"
+            for (row, column), result in results.items()
+            for seed in seeds
+            if seed not in result.seeds and seed not in result.diverged
+        ]
+        if missing:
+            lines.append(f"Missing runs ({len(missing)}): {'; '.join(missing[:12])}"
+                         + (" …" if len(missing) > 12 else "") + ".")
+    diverged = [f"{r} / {c} seed {s}" for (r, c), res in results.items() for s in res.diverged]
+    if diverged:
+        lines.append(f"Diverged (non-finite loss): {'; '.join(diverged)}.")
+    skipped = [f"{r} / {c}" for r in experiment.rows for c in experiment.columns
+               if (r, c) in experiment.cells and (r, c) not in results]
+    if skipped:
+        lines.append(f"Not run at this scale (they differ only in the data set): "
+                     f"{'; '.join(skipped)}.")
+    if experiment.paper:
+        paper_cells: dict[str, dict[str, str]] = {}
+        for (row, column), text in experiment.paper.items():
+            paper_cells.setdefault(column, {})[row] = text
+        lines += ["", f"## The paper: {unit}", "",
+                  markdown_table(paper_cells, experiment.rows, experiment.columns, best=None)]
+    if experiment.notes:
+        lines += ["", "## Notes", "", experiment.notes.strip()]
+    by_row: dict[str, dict[str, list[float]]] = {}
+    for (row, column), result in results.items():
+        by_row.setdefault(row, {})[column] = result.values
+    paper: dict[str, dict[str, float]] = {}
+    for (row, column), text in experiment.paper.items() if scale == "full" else ():
+        if (value := _number(text)) is not None:
+            paper.setdefault(row, {})[column] = value
+    accuracy_figure(by_row, experiment.columns, experiment.rows, folder / FIGURE,
+                    ylabel=unit, paper=paper, full_scale=experiment.metric == "accuracy")
+    lines += ["", f"![{experiment.name}]({FIGURE})", ""]
+    path = folder / REPORT
+    write_text_atomic("\n".join(lines), path)
+    return path
+
+
+def _number(text: str) -> float | None:
+    head = text.split("±")[0].strip().rstrip("%")
+    try:
+        return float(head)
+    except ValueError:
+        return None
