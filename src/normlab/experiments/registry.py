@@ -48,12 +48,14 @@ class Cell:
         config: Shipped config name of the paper's recipe (``normlab list configs``).
         overrides: ``section.key=value`` items for both scales (e.g. ``model.norm=bn``).
         full_overrides: Items for the full scale only (e.g. ``data.name=cifar100``).
+        tiny_overrides: Items for the tiny scale only (e.g. a batch that fits its data).
         tiny: Whether the cell also runs at the tiny scale.
     """
 
     config: str
     overrides: tuple[str, ...] = ()
     full_overrides: tuple[str, ...] = ()
+    tiny_overrides: tuple[str, ...] = ()
     tiny: bool = True
 
     def at(self, scale: str) -> tuple[str, tuple[str, ...]] | None:
@@ -61,7 +63,9 @@ class Cell:
         if scale == "full":
             return self.config, self.overrides + self.full_overrides
         if scale == "tiny":
-            return (tiny_variant(self.config), self.overrides) if self.tiny else None
+            if not self.tiny:
+                return None
+            return tiny_variant(self.config), self.overrides + self.tiny_overrides
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
 
 
@@ -78,6 +82,10 @@ class Experiment:
         cells: ``cells[(row, column)]``; a missing key is a blank in the paper's table.
         metric: ``"error"`` (top-1 error, %) or ``"accuracy"`` (top-1 accuracy, %), as the
             paper reports it.
+        epoch: ``"last"`` (the last epoch's test result) or ``"best"`` (the best over
+            epochs, when that is how the paper's authors reported it).
+        best_within: The report sets the best entry of each ``"row"`` (columns are the
+            contenders, e.g. norms) or of each ``"column"`` in bold.
         paper: The paper's numbers, ``paper[(row, column)]`` as printed (strings).
         notes: What differs from the paper, or how to read the table (Markdown).
     """
@@ -89,12 +97,18 @@ class Experiment:
     columns: tuple[str, ...]
     cells: Mapping[tuple[str, str], Cell]
     metric: str = "error"
+    epoch: str = "last"
+    best_within: str = "row"
     paper: Mapping[tuple[str, str], str] = field(default_factory=dict)
     notes: str = ""
 
     def __post_init__(self) -> None:
         if self.metric not in ("error", "accuracy"):
             raise ValueError(f"metric must be 'error' or 'accuracy', got {self.metric!r}")
+        if self.epoch not in ("last", "best"):
+            raise ValueError(f"epoch must be 'last' or 'best', got {self.epoch!r}")
+        if self.best_within not in ("row", "column"):
+            raise ValueError(f"best_within must be 'row' or 'column', got {self.best_within!r}")
         for key in (*self.cells, *self.paper):
             if key[0] not in self.rows or key[1] not in self.columns:
                 raise ValueError(f"{self.name}: cell {key} is not in the rows and columns")

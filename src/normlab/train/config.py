@@ -65,7 +65,15 @@ class ModelConfig:
         norm: Normalization layer name, e.g. ``bn``, ``iebn``, ``sn``, ``bin``.
         num_classes: Output classes; ``None`` takes the data set's number of classes.
         in_chans: Input channels; ``None`` takes the data set's.
-        kwargs: Extra keyword arguments for ``create_model`` (e.g. ``drop_rate``).
+        kwargs: Extra keyword arguments for ``create_model`` (e.g. ``drop_rate``,
+            ``se_reduction``, ``norm_kwargs``).
+        noise: ``[Na, Nb]``: the IEBN paper's constant-noise attack (Eqn. 11),
+            ``x_hat -> Na * x_hat + Nb`` in every normlab norm, in training and at test
+            (:func:`normlab.norms.set_noise`); ``None``: none.
+        virtual_batch_size: Batch statistics over groups of this many samples, as on
+            ``batch / virtual_batch_size`` devices with their own statistics (the SN paper's
+            (GPUs, samples per GPU) settings on one device;
+            :func:`normlab.norms.set_virtual_batch_size`); ``None``: the whole batch.
     """
 
     name: str = "resnet20"
@@ -73,6 +81,16 @@ class ModelConfig:
     num_classes: int | None = None
     in_chans: int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    noise: list[float] | None = None
+    virtual_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise is not None and len(self.noise) != 2:
+            raise ConfigError(f"model.noise must be [Na, Nb] or null, got {self.noise!r}")
+        if self.virtual_batch_size is not None and self.virtual_batch_size < 1:
+            raise ConfigError(
+                f"model.virtual_batch_size must be >= 1 or null, got {self.virtual_batch_size}"
+            )
 
 
 _NORMALIZE_SECONDARY = ("primary", "own")

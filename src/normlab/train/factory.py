@@ -138,7 +138,8 @@ def build_loaders(data: DataConfig, *, seed: int, device: torch.device) -> Loade
 
 
 def build_model(model: ModelConfig, *, num_classes: int, in_chans: int) -> nn.Module:
-    """``normlab.models.create_model`` with the data's classes and channels as defaults.
+    """``normlab.models.create_model`` with the data's classes and channels as defaults,
+    then ``model.noise`` and ``model.virtual_batch_size`` set on its norms.
 
     Raises:
         ConfigError: ``model.num_classes`` is fewer than the data's labels need.
@@ -150,13 +151,17 @@ def build_model(model: ModelConfig, *, num_classes: int, in_chans: int) -> nn.Mo
             f"model.num_classes={model.num_classes} is fewer than the {num_classes} classes "
             "of the data (with data.mix: primary + secondary); leave it null"
         )
-    return create_model(
+    from normlab.norms import set_noise, set_virtual_batch_size
+
+    net = create_model(
         model.name,
         num_classes=model.num_classes or num_classes,
         in_chans=model.in_chans or in_chans,
         norm=model.norm,
         **model.kwargs,
     )
+    set_noise(net, model.noise)
+    return set_virtual_batch_size(net, model.virtual_batch_size)
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> torch.optim.SGD:
