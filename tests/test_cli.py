@@ -130,3 +130,30 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "normlab", "list", "norms"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "bin" in out.stdout.split()
+
+
+def test_experiment_list_run_skip_and_report(tmp_path, capsys):
+    assert main(["experiment", "list"]) == 0
+    assert "iebn_table2_constant_noise  IEBN paper, Table 2" in capsys.readouterr().out
+    argv = ["experiment", "run", "bin_table1_cifar", "--seeds", "1", "--out", str(tmp_path),
+            "-q", "--set", "train.epochs=1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[2/2] BIN / CIFAR-10, seed 0: final acc" in out
+    assert "2 trained, 0 resumed, 0 skipped, 0 diverged" in out
+    assert main(argv) == 0
+    assert "0 trained, 0 resumed, 2 skipped, 0 diverged" in capsys.readouterr().out
+    assert main(["experiment", "report", "bin_table1_cifar", "--seeds", "2", "--out",
+                 str(tmp_path)]) == 0
+    report = (tmp_path / "bin_table1_cifar/tiny/report.md").read_text()
+    assert "Missing runs (2): BN / CIFAR-10 seed 1; BIN / CIFAR-10 seed 1." in report
+
+
+def test_experiment_errors(tmp_path, capsys):
+    assert main(["experiment", "run", "nope"]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+    argv = ["experiment", "run", "bin_table1_cifar", "--scale", "full", "--seeds", "1",
+            "--out", str(tmp_path), "-q", "--set", f"data.root={tmp_path / 'no-cifar'}"]
+    assert main(argv) == 1
+    assert "no-cifar" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.pt"))

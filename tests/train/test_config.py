@@ -111,3 +111,27 @@ def test_every_shipped_config_is_valid():
             assert name.removesuffix("_tiny") in names, name
         else:
             assert f"{name}_tiny" in names, name
+
+
+def test_noise_and_virtual_batch_size_reach_every_norm_of_the_built_model():
+    from normlab.norms import BatchStatistics, NormBase
+    from normlab.train.factory import build_model
+
+    config = load_config("iebn_cifar_resnet164_tiny",
+                         ["model.noise=[0.8,0.5]", "model.virtual_batch_size=4"])
+    model = build_model(config.model, num_classes=10, in_chans=3)
+    norms = [m for m in model.modules() if isinstance(m, NormBase)]
+    assert norms and all(m.noise == (0.8, 0.5) for m in norms)
+    assert all(m.virtual_batch_size == 4 for m in norms if isinstance(m, BatchStatistics))
+    plain = build_model(load_config("iebn_cifar_resnet164_tiny").model, num_classes=10,
+                        in_chans=3)
+    assert all(m.noise is None for m in plain.modules() if isinstance(m, NormBase))
+
+
+@pytest.mark.parametrize("item, pattern", [
+    ("model.noise=[0.8]", r"model.noise must be \[Na, Nb\] or null"),
+    ("model.virtual_batch_size=0", "model.virtual_batch_size must be >= 1 or null"),
+])
+def test_noise_and_virtual_batch_size_are_checked(item, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config("iebn_cifar_resnet164_tiny", [item])

@@ -1,7 +1,7 @@
 """BIN paper, main classification table (CIFAR columns): BN against BIN in ResNet-110."""
 
 from normlab.experiments.registry import Cell, Experiment, register
-from normlab.experiments.tables._common import CIFAR100
+from normlab.experiments.tables._common import CIFAR100, paper_by_row
 
 PAPER = {"BN": ("93.72 ± 0.18", "74.26 ± 0.33"), "BIN": ("94.29 ± 0.09", "75.88 ± 0.30")}
 DATA = {"CIFAR-10": (), "CIFAR-100": CIFAR100}
@@ -20,8 +20,7 @@ register(Experiment(
     },
     metric="accuracy",
     best_within="column",
-    paper={(norm, data): numbers[j] for norm, numbers in PAPER.items()
-           for j, data in enumerate(DATA)},
+    paper=paper_by_row(PAPER, tuple(DATA)),
     notes=(
         "The authors' 'ResNet-110' is built with bottleneck units by their code, i.e. "
         "ResNet-164 (normlab's bin_cifar_resnet164). Gates at 10x lr without weight decay, "

@@ -1,7 +1,7 @@
 """IEBN paper, Table 1 (CIFAR rows): BN, SE and IEBN in four networks on CIFAR-100 and -10."""
 
 from normlab.experiments.registry import Cell, Experiment, register
-from normlab.experiments.tables._common import CIFAR100, SE
+from normlab.experiments.tables._common import CIFAR100, SE, paper_by_row
 
 NETWORKS = {
     "ResNet164": "iebn_cifar_resnet164",
@@ -43,12 +43,10 @@ register(Experiment(
     },
     metric="accuracy",
     epoch="best",
-    paper={
-        (f"{net} / {data}", column): numbers[i]
-        for data, nets in PAPER.items()
-        for net, numbers in nets.items()
-        for i, column in enumerate(COLUMNS)
-    },
+    paper=paper_by_row(
+        {f"{net} / {data}": row for data, nets in PAPER.items() for net, row in nets.items()},
+        tuple(COLUMNS),
+    ),
     notes=(
         "Recipes of the paper's Table 6 (appendix), one shipped config per network. The "
         "authors report the best test accuracy over epochs; so does this table. SE uses "

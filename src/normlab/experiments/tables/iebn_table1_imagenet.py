@@ -1,7 +1,7 @@
 """IEBN paper, Table 1 (ImageNet rows): BN, SE and IEBN in four ImageNet networks."""
 
 from normlab.experiments.registry import Cell, Experiment, register
-from normlab.experiments.tables._common import SE
+from normlab.experiments.tables._common import SE, paper_by_row
 
 NETWORKS = {
     "ResNet34": ("iebn_imagenet_resnet34", ("73.91", "74.39", "74.38")),
@@ -24,11 +24,7 @@ register(Experiment(
     },
     metric="accuracy",
     epoch="best",
-    paper={
-        (net, column): numbers[i]
-        for net, (_, numbers) in NETWORKS.items()
-        for i, column in enumerate(COLUMNS)
-    },
+    paper=paper_by_row({net: numbers for net, (_, numbers) in NETWORKS.items()}, tuple(COLUMNS)),
     notes=(
         "Recipe of the paper's Table 7 (appendix): 120 epochs, batch 256, lr 0.1 with x0.1 "
         "at 30, 60 and 90. The full scale reads ImageNet from a local class-per-folder tree "

@@ -1,7 +1,7 @@
 """IEBN paper, Table 2: the constant-noise attack (Na, Nb) on BN, SE and IEBN (Eqn. 11)."""
 
 from normlab.experiments.registry import Cell, Experiment, register
-from normlab.experiments.tables._common import CIFAR100, SE
+from normlab.experiments.tables._common import CIFAR100, SE, paper_by_row
 
 PAPER = {  # ResNet164 on CIFAR-100, test accuracy mean ± std (%); (0.8, 0.2) is in v001 only
     (0.0, 0.0): ("74.29 ± 0.64", "75.80 ± 0.25", "77.09 ± 0.15"),
@@ -36,8 +36,7 @@ register(Experiment(
     },
     metric="accuracy",
     epoch="best",
-    paper={(_label(n), c): numbers[i] for n, numbers in PAPER.items()
-           for i, c in enumerate(COLUMNS)},
+    paper=paper_by_row({_label(n): numbers for n, numbers in PAPER.items()}, tuple(COLUMNS)),
     notes=(
         "(0.0, 0.0) means no noise. The noise acts in every normlab norm (in SE networks, "
         "their BN layers) in training and at test; the paper does not say whether it also "

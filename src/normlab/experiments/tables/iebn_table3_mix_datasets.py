@@ -1,6 +1,7 @@
 """IEBN paper, Table 3: the mix-datasets attack (MNIST or Fashion-MNIST in CIFAR-100 batches)."""
 
 from normlab.experiments.registry import Cell, Experiment, register
+from normlab.experiments.tables._common import paper_by_row
 
 ROWS = {  # row: (config, overrides), paper's (BN, IEBN) CIFAR-100 test accuracy (%)
     "C": (("iebn_cifar100_mix_mnist", ("data.mix=null",)), ("74.29", "77.09")),
@@ -25,8 +26,7 @@ register(Experiment(
     },
     metric="accuracy",
     epoch="best",
-    paper={(row, c): numbers[i] for row, (_, numbers) in ROWS.items()
-           for i, c in enumerate(COLUMNS)},
+    paper=paper_by_row({row: numbers for row, (_, numbers) in ROWS.items()}, tuple(COLUMNS)),
     notes=(
         "The paper's 'acc drop' columns are each row minus row C. How the secondary images "
         "are brought to 32x32x3 and scored is documented in normlab.data.MixedLoader (the "

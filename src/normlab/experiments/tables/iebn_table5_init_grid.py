@@ -1,7 +1,7 @@
 """IEBN paper, Table 5: the initial values of the gate's scale and shift (a 3 x 3 grid)."""
 
 from normlab.experiments.registry import Cell, Experiment, register
-from normlab.experiments.tables._common import CIFAR100, TWO_GPU_STATISTICS
+from normlab.experiments.tables._common import CIFAR100, TWO_GPU_STATISTICS, paper_by_row
 
 VALUES = (1, 0, -1)
 PAPER = {  # rows: initial gamma_hat; columns: initial beta_hat; test accuracy (%)
@@ -27,6 +27,6 @@ register(Experiment(
     metric="accuracy",
     best_within="column",
     epoch="best",
-    paper={(f"γ̂ = {g}", f"β̂ = {b}"): PAPER[g][j] for g in VALUES for j, b in enumerate(VALUES)},
+    paper=paper_by_row({f"γ̂ = {g}": PAPER[g] for g in VALUES}, tuple(f"β̂ = {b}" for b in VALUES)),
     notes="(0, -1) is IEBN's default. The full scale takes BN statistics over 64 of 128.",
 ))

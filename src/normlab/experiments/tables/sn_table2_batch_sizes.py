@@ -6,6 +6,7 @@ linearly, ``optim.lr_reference_batch``).
 """
 
 from normlab.experiments.registry import Cell, Experiment, register
+from normlab.experiments.tables._common import paper_by_row
 
 SETTINGS = ((8, 32), (8, 16), (8, 8), (8, 4), (8, 2), (1, 16), (1, 32), (8, 1), (1, 8))
 PAPER = {  # top-1 accuracy (%); BN at (8, 1) does not converge ("–")
@@ -51,12 +52,7 @@ register(Experiment(
     },
     metric="accuracy",
     best_within="column",
-    paper={
-        (norm, _column(setting)): number
-        for norm, numbers in PAPER.items()
-        for setting, number in zip(SETTINGS, numbers)
-        if number is not None
-    },
+    paper=paper_by_row(PAPER, tuple(_column(s) for s in SETTINGS)),
     notes=(
         "The paper's difference rows (GN-BN, SN-BN, SN-GN) follow from these three. At "
         "(8, 1) SN has no BN part (IN and LN only) and BN is not run (it did not converge in "
