@@ -161,3 +161,22 @@ def test_report_lays_out_ours_and_the_papers_numbers(experiment, tmp_path):
     assert "Not run at this scale (they differ only in the data set): other data / IEBN." in text
     assert "compare the ordering of the columns" in text and "Read the columns." in text
     assert (path.parent / "figure.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_draws_what_sn_and_bin_learned(experiment, tmp_path):
+    import dataclasses
+
+    cells = {("tiny net", "BN"): Cell(experiment.cells[("tiny net", "BN")].config,
+                                      ("model.norm=sn",)),
+             ("tiny net", "IEBN"): Cell(experiment.cells[("tiny net", "IEBN")].config,
+                                        ("model.norm=bin",))}
+    adaptive = dataclasses.replace(experiment, cells=cells, paper={})
+    out = tmp_path / "out"
+    _sweep(adaptive, out, seeds=(0,))
+    path = experiment_report(adaptive, scale="tiny", out=out, builders=tiny_builders())
+    text = path.read_text()
+    assert "**tiny net / BN** (seed 0): SN's mean and variance ratios" in text
+    assert "![tiny net / IEBN](learned-tiny-net--iebn.png)" in text
+    for name in ("learned-tiny-net--bn.png", "learned-tiny-net--iebn.png"):
+        assert (path.parent / name).read_bytes()[:4] == b"\x89PNG"
+    assert "## The paper" not in text

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from normlab.experiments.registry import Experiment
 from normlab.experiments.sweep import cell_folder
-from normlab.report.figures import accuracy_figure
+from normlab.norms import norm_summary
+from normlab.report.figures import accuracy_figure, bin_gates_figure, switch_ratios_figure
 from normlab.report.tables import markdown_table
+from normlab.train import Builders, load_config, load_run
 from normlab.train.records import write_text_atomic
+from normlab.train.runner import CONFIG_FILE
 
 __all__ = ["CellResult", "collect_results", "experiment_report"]
 
@@ -77,17 +80,53 @@ def _ours_cells(
     return cells
 
 
+LEARNED = {"sn": switch_ratios_figure, "bin": bin_gates_figure}
+LEARNED_TEXT = {
+    "sn": "SN's mean and variance ratios (IN, LN, BN) per layer, as in the SN paper's Fig. 5",
+    "bin": "BIN's gates ρ per layer (1 = BN, 0 = IN), as in the BIN paper's gate figure",
+}
+
+
+def _learned_figures(
+    experiment: Experiment,
+    results: dict[tuple[str, str], CellResult],
+    *,
+    scale: str,
+    out: str | Path,
+    builders: Builders | None,
+) -> list[str]:
+    """Figures of what SN and BIN learned in each cell's first finished seed (Markdown)."""
+    lines = []
+    for cell, result in results.items():
+        if not result.seeds:
+            continue
+        run_dir = cell_folder(out, experiment, scale, cell) / f"seed{result.seeds[0]}"
+        norm = load_config(run_dir / CONFIG_FILE).model.norm
+        if norm not in LEARNED:
+            continue
+        model = load_run(run_dir, builders=builders).model
+        name = f"learned-{run_dir.parent.name}.png"
+        LEARNED[norm](norm_summary(model), run_dir.parent.parent / name)
+        lines.append(f"**{cell[0]} / {cell[1]}** (seed {result.seeds[0]}): "
+                     f"{LEARNED_TEXT[norm]}.\n\n![{cell[0]} / {cell[1]}]({name})\n")
+    return lines
+
+
 def experiment_report(
     experiment: Experiment,
     *,
     scale: str,
     out: str | Path,
     seeds: Sequence[int] | None = None,
+    builders: Builders | None = None,
 ) -> Path:
     """Write ``report.md`` and ``figure.png`` for ``experiment`` at ``scale``; return the
     report's path (``OUT/<experiment>/<scale>/report.md``).
 
-    ``seeds`` (the ones the sweep was asked for) lets the report count missing runs.
+    ``seeds`` (the ones the sweep was asked for) lets the report count missing runs. For
+    every cell trained with SN or BIN, the report also draws what the layers learned
+    (``learned-<cell>.png``, from the first finished seed; ``builders`` rebuild its
+    network, for tests).
     """
     folder = Path(out) / experiment.name / scale
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +183,9 @@ def experiment_report(
     accuracy_figure(by_row, experiment.columns, experiment.rows, folder / FIGURE,
                     ylabel=unit, paper=paper, full_scale=experiment.metric == "accuracy")
     lines += ["", f"![{experiment.name}]({FIGURE})", ""]
+    learned = _learned_figures(experiment, results, scale=scale, out=out, builders=builders)
+    if learned:
+        lines += ["## What the adaptive norms learned", "", *learned]
     path = folder / REPORT
     write_text_atomic("\n".join(lines), path)
     return path

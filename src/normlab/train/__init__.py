@@ -23,7 +23,7 @@ from normlab.train.config import (
 )
 from normlab.train.engine import StepInfo, Trainer, evaluate
 from normlab.train.errors import CheckpointError, ConfigError, NonFiniteLossError, RunDirError
-from normlab.train.evaluation import evaluate_run
+from normlab.train.evaluation import LoadedRun, evaluate_run, load_run
 from normlab.train.runner import Builders, build_setup, resume, train
 from normlab.train.schedule import LRSchedule, scaled_lr
 from normlab.train.seed import get_rng_state, seed_everything, set_rng_state
@@ -34,6 +34,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "LRSchedule",
+    "LoadedRun",
     "NonFiniteLossError",
     "RunDirError",
     "StepInfo",
@@ -50,6 +51,7 @@ __all__ = [
     "get_rng_state",
     "list_configs",
     "load_config",
+    "load_run",
     "load_checkpoint",
     "resume",
     "save_checkpoint",
