@@ -162,6 +162,12 @@ def _cmd_demo(argv: list[str]) -> int:
     return int(demo_main(argv) or 0)
 
 
+def _cmd_style(argv: list[str]) -> int:
+    from normlab.experiments.style_transfer import main as style_main
+
+    return int(style_main(argv) or 0)
+
+
 def _cmd_bench(argv: list[str]) -> int:
     from normlab.bench.cli import main as bench_main
 
@@ -230,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="what the adaptive norms do, in minutes (its own options)")
     sub.add_parser("bench", help="layer and model benchmarks (its own options)")
+    sub.add_parser("style", help="fast style transfer with every norm (its own options)")
     return parser
 
 
@@ -239,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from normlab.train import CheckpointError, ConfigError, NonFiniteLossError, RunDirError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = {"demo": _cmd_demo, "bench": _cmd_bench}
+    passthrough = {"demo": _cmd_demo, "bench": _cmd_bench, "style": _cmd_style}
     if argv and argv[0] in passthrough:
         command, run = argv[0], partial(passthrough[argv[0]], argv[1:])
     else:

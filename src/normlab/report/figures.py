@@ -10,7 +10,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["accuracy_figure", "bin_gates_figure", "iebn_gates_figure", "switch_ratios_figure"]
+__all__ = [
+    "accuracy_figure",
+    "bin_gates_figure",
+    "iebn_gates_figure",
+    "style_images_figure",
+    "style_losses_figure",
+    "switch_ratios_figure",
+]
 
 
 def _pyplot():
@@ -122,4 +129,53 @@ def iebn_gates_figure(layers: Sequence[Mapping[str, Any]], path: str | Path) -> 
     ax.set_ylabel("gate δ")
     ax.set_xlabel("IEBN layer (input → output)")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def style_losses_figure(histories: Mapping[str, Sequence[Mapping[str, float]]],
+                        path: str | Path) -> Path:
+    """Content and style loss against the step, one curve per norm (moving average over a
+    twentieth of the steps; log scale), as in the IEBN paper's Figs. 3 and 5."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key in zip(axes, ("content", "style")):
+        for norm, history in histories.items():
+            steps = [r["step"] for r in history]
+            ax.plot(steps, _smooth([r[key] for r in history], max(1, len(history) // 20)),
+                    label=norm)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{key} loss")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def style_images_figure(content: Any, style: Any, outputs: Mapping[str, Any],
+                        path: str | Path) -> Path:
+    """A grid: held-out content images (first row), then each norm's stylized versions;
+    the style image at the top left. Images are ``(N, 3, H, W)`` tensors in [0, 1]."""
+    plt = _pyplot()
+    rows, cols = 1 + len(outputs), 1 + content.shape[0]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0][0].imshow(style.permute(1, 2, 0).numpy())
+    axes[0][0].set_title("style", fontsize=8)
+    for j, image in enumerate(content, start=1):
+        axes[0][j].imshow(image.permute(1, 2, 0).numpy())
+    for i, (norm, images) in enumerate(outputs.items(), start=1):
+        axes[i][0].text(0.5, 0.5, norm, ha="center", va="center", fontsize=11)
+        for j, image in enumerate(images, start=1):
+            axes[i][j].imshow(image.permute(1, 2, 0).numpy())
     return _save(fig, path)

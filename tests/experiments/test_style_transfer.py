@@ -1,0 +1,41 @@
+"""``normlab style``: one network per norm, finished norms skipped, settings pinned, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from normlab.cli import main
+from normlab.experiments.style_transfer import StyleSettings, run_style_transfer
+
+TINY = StyleSettings(size=16, batch_size=2, steps=3, content=("coffee",))
+
+
+def test_runs_each_norm_once_and_reports(tmp_path):
+    lines = []
+    path = run_style_transfer(TINY, ("in", "bin"), tmp_path, progress=False, log=lines.append)
+    assert lines[1].startswith("[1/2] in: content ")
+    history = json.loads((tmp_path / "norms/bin.json").read_text())["history"]
+    assert [r["step"] for r in history] == [1, 2, 3]
+    text = path.read_text()
+    assert "| in |" in text and "| bin |" in text and "seeded random weights" in text
+    for name in ("losses.png", "images.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    stamp = (tmp_path / "norms/in.json").stat().st_mtime_ns
+    lines.clear()
+    run_style_transfer(TINY, ("in", "bin"), tmp_path, progress=False, log=lines.append)
+    assert lines == ["[1/2] in: done, skipped", "[2/2] bin: done, skipped"]
+    assert (tmp_path / "norms/in.json").stat().st_mtime_ns == stamp
+
+
+def test_other_settings_and_bad_arguments_are_refused(tmp_path, capsys):
+    run_style_transfer(TINY, ("in",), tmp_path, progress=False, log=lambda line: None)
+    other = StyleSettings(size=16, batch_size=2, steps=4, content=("coffee",))
+    with pytest.raises(ValueError, match=r"other settings \(steps\)"):
+        run_style_transfer(other, ("in",), tmp_path, progress=False, log=lambda line: None)
+    with pytest.raises(ValueError, match="unknown norms"):
+        run_style_transfer(TINY, ("xn",), tmp_path, progress=False)
+    with pytest.raises(SystemExit):
+        main(["style", "--size", "18"])
+    assert "--size must be a multiple of 4" in capsys.readouterr().err
