@@ -62,7 +62,7 @@ def test_rerun_skips_finished_cells_and_refuses_other_settings(finished, monkeyp
     monkeypatch.setattr(demo, "train_cell", fail)
     before = report.read_text()
     assert run_demo(TINY, out, progress=False).read_text() == before
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(ValueError, match="other settings"):
         run_demo(DemoSettings(norms=("bn",), seeds=1, epochs=2), out, progress=False)
 
 

@@ -40,7 +40,7 @@ from normlab.norms import (
     set_virtual_batch_size,
 )
 from normlab.train import LRSchedule, Trainer, seed_everything
-from normlab.train.records import write_json
+from normlab.train.records import pin_settings, write_json
 
 __all__ = ["SETTINGS", "DemoSettings", "build_report", "main", "run_demo"]
 
@@ -167,25 +167,10 @@ def load_demo_data(image_size: int) -> dict[str, Any]:
     }
 
 
-def _check_settings(out: Path, settings: DemoSettings) -> None:
-    path = out / "settings.json"
-    current = json.loads(json.dumps(asdict(settings)))
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != current:
-            raise SystemExit(
-                f"{out} holds a demo run with other settings ({path}); pass a new --out or "
-                "delete the folder to start over"
-            )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(current, path)
-
-
 def run_demo(settings: DemoSettings, out: str | Path, *, progress: bool = True) -> Path:
     """Train every missing cell, then write the report; returns the report's path."""
     out = Path(out)
-    _check_settings(out, settings)
+    pin_settings(asdict(settings), out / "settings.json", "a demo run")
     (out / "cells").mkdir(exist_ok=True)
     todo = [
         (setting, norm, seed)

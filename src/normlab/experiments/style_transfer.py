@@ -38,7 +38,7 @@ from normlab.data.photos import (
 from normlab.data.seeding import seeded_generator
 from normlab.models import VGG16Features, create_model
 from normlab.train.checkpoint import atomic_save
-from normlab.train.records import write_json, write_text_atomic
+from normlab.train.records import pin_settings, write_json, write_text_atomic
 from normlab.train.style import PerceptualLoss, train_style_network
 
 __all__ = ["NORMS", "StyleSettings", "main", "run_style_transfer", "style_report"]
@@ -125,21 +125,6 @@ def _train_one(norm: str, settings: StyleSettings, folder: Path, progress: bool)
     return result
 
 
-def _settings_file(out: Path, settings: StyleSettings) -> None:
-    path = out / "settings.json"
-    mine = json.loads(json.dumps(asdict(settings)))
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored != mine:
-            changed = sorted(k for k in mine if stored.get(k) != mine[k])
-            raise ValueError(
-                f"{out} holds style-transfer results made with other settings "
-                f"({', '.join(changed)}); choose another --out or delete that folder"
-            )
-        return
-    write_json(mine, path)
-
-
 def run_style_transfer(
     settings: StyleSettings,
     norms: Sequence[str] = NORMS,
@@ -162,7 +147,7 @@ def run_style_transfer(
     out = Path(out)
     folder = out / "norms"
     folder.mkdir(parents=True, exist_ok=True)
-    _settings_file(out, settings)
+    pin_settings(asdict(settings), out / "settings.json", "style-transfer results")
     for index, norm in enumerate(norms, start=1):
         if (folder / f"{norm}.json").is_file():
             log(f"[{index}/{len(norms)}] {norm}: done, skipped")

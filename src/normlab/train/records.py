@@ -44,6 +44,29 @@ def write_json(obj: Any, path: str | Path) -> None:
     write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
+def pin_settings(settings: dict[str, Any], path: str | Path, what: str) -> None:
+    """Write ``settings`` (JSON-able) to ``path``, or check that the file there holds the same.
+
+    Results in a folder are only comparable when they were made with the same settings.
+
+    Raises:
+        ValueError: ``path`` holds other settings (the message names the keys that differ).
+    """
+    path = Path(path)
+    mine = json.loads(json.dumps(settings))
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(mine, path)
+        return
+    stored = json.loads(path.read_text())
+    if stored != mine:
+        changed = sorted(k for k in {**stored, **mine} if stored.get(k) != mine.get(k))
+        raise ValueError(
+            f"{path.parent} holds {what} made with other settings ({', '.join(changed)}); "
+            "choose another --out or delete that folder to start over"
+        )
+
+
 class MetricsLog:
     """Append-only ``metrics.jsonl`` of a run folder."""
 
