@@ -60,7 +60,7 @@ class StyleSettings:
 
     size: int = 64
     batch_size: int = 4
-    steps: int = 300
+    steps: int = 200
     lr: float = 1e-3
     style: str = BUILTIN_STYLE
     content: tuple[str, ...] = BUILTIN_CONTENT
