@@ -181,7 +181,7 @@ def experiment_report(
         if (value := _number(text)) is not None:
             paper.setdefault(row, {})[column] = value
     accuracy_figure(by_row, experiment.columns, experiment.rows, folder / FIGURE,
-                    ylabel=unit, paper=paper, full_scale=experiment.metric == "accuracy")
+                    ylabel=unit, paper=paper, percent_axis=experiment.metric == "accuracy")
     lines += ["", f"![{experiment.name}]({FIGURE})", ""]
     learned = _learned_figures(experiment, results, scale=scale, out=out, builders=builders)
     if learned:

@@ -46,12 +46,12 @@ def accuracy_figure(
     titles: Mapping[str, str] | None = None,
     ylabel: str = "test accuracy (%)",
     paper: Mapping[str, Mapping[str, float]] | None = None,
-    full_scale: bool = True,
+    percent_axis: bool = True,
 ) -> Path:
     """Grouped bars: one group per setting, one bar per norm (``cells[setting][norm]``), mean
     with std error bars; ``paper[setting][norm]`` values are drawn as black diamonds.
 
-    ``full_scale`` puts the y axis at 0-100; otherwise it fits the values.
+    ``percent_axis`` puts the y axis at 0-100; otherwise it fits the values.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(settings) + 2), 4))
@@ -74,7 +74,7 @@ def accuracy_figure(
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels([(titles or {}).get(s, s) for s in settings])
     ax.set_ylabel(ylabel)
-    if full_scale:
+    if percent_axis:
         ax.set_ylim(0, 100)
     ax.legend(ncol=min(len(norms) + marked, 8), fontsize=8, loc="lower center",
               bbox_to_anchor=(0.5, 1.0), frameon=False)
