@@ -180,3 +180,15 @@ def test_report_draws_what_sn_and_bin_learned(experiment, tmp_path):
     for name in ("learned-tiny-net--bn.png", "learned-tiny-net--iebn.png"):
         assert (path.parent / name).read_bytes()[:4] == b"\x89PNG"
     assert "## The paper" not in text
+
+
+def test_report_draws_learning_curves_when_the_paper_shows_them(experiment, tmp_path):
+    import dataclasses
+
+    out = tmp_path / "out"
+    curves = dataclasses.replace(experiment, curves=True)
+    _sweep(curves, out, seeds=(0, 1))
+    path = experiment_report(curves, scale="tiny", out=out)
+    assert "## Test accuracy per epoch (mean ± std over seeds)" in path.read_text()
+    assert (path.parent / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "curves.png" not in experiment_report(experiment, scale="tiny", out=out).read_text()

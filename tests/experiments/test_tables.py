@@ -15,7 +15,7 @@ NAMES = list_experiments()
 
 def test_the_papers_tables_are_registered():
     assert {"iebn_table1_cifar", "iebn_table2_constant_noise", "iebn_table3_mix_datasets",
-            "sn_table2_batch_sizes", "bin_table1_cifar"} <= set(NAMES)
+            "iebn_fig4_activation", "sn_table2_batch_sizes", "bin_table1_cifar"} <= set(NAMES)
     with pytest.raises(KeyError, match="unknown experiment 'nope'; known: bin_table1_cifar"):
         get_experiment("nope")
 
@@ -45,7 +45,7 @@ def test_paper_numbers_parse_and_cells_cover_them(name):
     from normlab.report.experiment import _number
 
     experiment = get_experiment(name)
-    assert experiment.paper, name
+    assert experiment.paper or experiment.curves, f"{name}: no numbers and no curves to show"
     for cell, text in experiment.paper.items():
         assert _number(text) is not None, (cell, text)
         assert cell in experiment.cells, f"{name}: the paper has {cell}, no run produces it"

@@ -86,6 +86,8 @@ class Experiment:
             epochs, when that is how the paper's authors reported it).
         best_within: The report sets the best entry of each ``"row"`` (columns are the
             contenders, e.g. norms) or of each ``"column"`` in bold.
+        curves: The paper shows test accuracy against the epoch (a figure): the report
+            draws every cell's curve, mean ± std over seeds.
         paper: The paper's numbers, ``paper[(row, column)]`` as printed (strings).
         notes: What differs from the paper, or how to read the table (Markdown).
     """
@@ -99,6 +101,7 @@ class Experiment:
     metric: str = "error"
     epoch: str = "last"
     best_within: str = "row"
+    curves: bool = False
     paper: Mapping[tuple[str, str], str] = field(default_factory=dict)
     notes: str = ""
 

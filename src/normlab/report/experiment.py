@@ -15,15 +15,20 @@ from pathlib import Path
 from normlab.experiments.registry import Experiment
 from normlab.experiments.sweep import cell_folder
 from normlab.norms import norm_summary
-from normlab.report.figures import accuracy_figure, bin_gates_figure, switch_ratios_figure
+from normlab.report.figures import (
+    accuracy_figure,
+    bin_gates_figure,
+    learning_curves_figure,
+    switch_ratios_figure,
+)
 from normlab.report.tables import markdown_table
 from normlab.train import Builders, load_config, load_run
-from normlab.train.records import write_text_atomic
+from normlab.train.records import MetricsLog, write_text_atomic
 from normlab.train.runner import CONFIG_FILE
 
 __all__ = ["CellResult", "collect_results", "experiment_report"]
 
-REPORT, FIGURE = "report.md", "figure.png"
+REPORT, FIGURE, CURVES = "report.md", "figure.png", "curves.png"
 EPOCH_TEXT = {"last": "last epoch", "best": "best epoch (as the paper's authors report it)"}
 
 
@@ -183,6 +188,18 @@ def experiment_report(
     accuracy_figure(by_row, experiment.columns, experiment.rows, folder / FIGURE,
                     ylabel=unit, paper=paper, percent_axis=experiment.metric == "accuracy")
     lines += ["", f"![{experiment.name}]({FIGURE})", ""]
+    if experiment.curves:
+        curves = {
+            f"{row} / {column}" if len(experiment.columns) > 1 else row: [
+                [r["test_acc"] for r in MetricsLog(
+                    cell_folder(out, experiment, scale, (row, column)) / f"seed{seed}").rows()]
+                for seed in result.seeds
+            ]
+            for (row, column), result in results.items()
+        }
+        learning_curves_figure(curves, folder / CURVES)
+        lines += ["## Test accuracy per epoch (mean ± std over seeds)", "",
+                  f"![curves]({CURVES})", ""]
     learned = _learned_figures(experiment, results, scale=scale, out=out, builders=builders)
     if learned:
         lines += ["## What the adaptive norms learned", "", *learned]

@@ -14,6 +14,7 @@ __all__ = [
     "accuracy_figure",
     "bin_gates_figure",
     "iebn_gates_figure",
+    "learning_curves_figure",
     "style_images_figure",
     "style_losses_figure",
     "switch_ratios_figure",
@@ -178,4 +179,28 @@ def style_images_figure(content: Any, style: Any, outputs: Mapping[str, Any],
         axes[i][0].text(0.5, 0.5, norm, ha="center", va="center", fontsize=11)
         for j, image in enumerate(images, start=1):
             axes[i][j].imshow(image.permute(1, 2, 0).numpy())
+    return _save(fig, path)
+
+
+def learning_curves_figure(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path,
+                           *, ylabel: str = "test accuracy (%)") -> Path:
+    """One line per label: the mean over seeds of a per-epoch metric (``curves[label]`` is
+    one sequence per seed), with a band of ± one std; seeds cut to the shortest."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, seeds in curves.items():
+        epochs = min((len(s) for s in seeds), default=0)
+        if not epochs:
+            continue
+        columns = [[s[e] for s in seeds] for e in range(epochs)]
+        means = [statistics.fmean(c) for c in columns]
+        stds = [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns]
+        xs = range(1, epochs + 1)
+        ax.plot(xs, means, marker="o", markersize=3, label=label)
+        ax.fill_between(xs, [m - d for m, d in zip(means, stds)],
+                        [m + d for m, d in zip(means, stds)], alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)

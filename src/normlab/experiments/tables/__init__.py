@@ -2,6 +2,7 @@
 
 from normlab.experiments.tables import (  # noqa: F401  (each module registers its table)
     bin_table1_cifar,
+    iebn_fig4_activation,
     iebn_table1_cifar,
     iebn_table1_imagenet,
     iebn_table2_constant_noise,

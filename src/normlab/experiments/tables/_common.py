@@ -29,11 +29,11 @@ def paper_by_row(
 
 
 def iebn_ablation(
-    *, name: str, source: str, title: str, option: str, rows: Mapping[str, tuple[str, str]],
-    notes: str,
+    *, name: str, source: str, title: str, option: str,
+    rows: Mapping[str, tuple[str, str | None]], notes: str, curves: bool = False,
 ) -> Experiment:
     """A one-column IEBN ablation on ResNet164 / CIFAR-100 (2-GPU statistics at full scale):
-    ``rows[label] = (value of IEBN2d's option, the paper's test accuracy)``."""
+    ``rows[label] = (value of IEBN2d's option, the paper's test accuracy or None)``."""
     column = "Test Acc."
     return Experiment(
         name=name,
@@ -51,6 +51,7 @@ def iebn_ablation(
         metric="accuracy",
         epoch="best",
         best_within="column",
-        paper={(row, column): number for row, (_, number) in rows.items()},
+        curves=curves,
+        paper={(row, column): number for row, (_, number) in rows.items() if number},
         notes=notes,
     )
