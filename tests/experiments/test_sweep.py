@@ -158,7 +158,7 @@ def test_report_lays_out_ours_and_the_papers_numbers(experiment, tmp_path):
     assert f"**{best:.1f}**" in row  # error: the lowest of the row is bold
     assert "| tiny net | 5.5 | 4.9 ± 0.1 |" in text  # the paper's table, as printed
     assert "Missing runs (2): tiny net / BN seed 1; tiny net / IEBN seed 1." in text
-    assert "Not run at this scale (they differ only in the data set): other data / IEBN." in text
+    assert "Not run at this scale (see the notes): other data / IEBN." in text
     assert "compare the ordering of the columns" in text and "Read the columns." in text
     assert (path.parent / "figure.png").read_bytes()[:4] == b"\x89PNG"
 

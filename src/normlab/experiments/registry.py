@@ -6,8 +6,9 @@ cell runs at two scales:
 
 - ``full``: the paper's recipe (``Cell.config``), on the paper's data (local files);
 - ``tiny``: the config's CPU-sized variant (``<config>_tiny``, built-in data, minutes), with
-  the same norms and schedule shape. Cells whose difference from another cell is only the
-  data set (e.g. a CIFAR-100 column) have ``tiny=False`` and are left out at that scale.
+  the same norms and schedule shape. Cells that would repeat another cell there (a
+  CIFAR-100 column: the tiny data is the digits; another network: the tiny network is the
+  same small ResNet) have ``tiny=False`` and are left out at that scale.
 
 Experiments register themselves by name (:func:`register`) from one module per table.
 """

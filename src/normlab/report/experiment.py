@@ -168,8 +168,7 @@ def experiment_report(
     skipped = [f"{r} / {c}" for r in experiment.rows for c in experiment.columns
                if (r, c) in experiment.cells and (r, c) not in results]
     if skipped:
-        lines.append(f"Not run at this scale (they differ only in the data set): "
-                     f"{'; '.join(skipped)}.")
+        lines.append(f"Not run at this scale (see the notes): {'; '.join(skipped)}.")
     if experiment.paper:
         paper_cells: dict[str, dict[str, str]] = {}
         for (row, column), text in experiment.paper.items():
