@@ -15,8 +15,9 @@ NAMES = list_experiments()
 
 def test_the_papers_tables_are_registered():
     assert {"iebn_table1_cifar", "iebn_table2_constant_noise", "iebn_table3_mix_datasets",
-            "iebn_fig4_activation", "sn_table2_batch_sizes", "bin_table1_cifar"} <= set(NAMES)
-    with pytest.raises(KeyError, match="unknown experiment 'nope'; known: bin_table1_cifar"):
+            "iebn_fig4_activation", "sn_table2_batch_sizes", "bin_table1_cifar",
+            "bin_cifar100_architectures"} <= set(NAMES)
+    with pytest.raises(KeyError, match="unknown experiment 'nope'; known: bin_cifar100_arch"):
         get_experiment("nope")
 
 

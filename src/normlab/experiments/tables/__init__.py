@@ -1,6 +1,7 @@
 """One module per paper table; importing this package registers them all."""
 
 from normlab.experiments.tables import (  # noqa: F401  (each module registers its table)
+    bin_cifar100_architectures,
     bin_table1_cifar,
     iebn_fig4_activation,
     iebn_table1_cifar,
