@@ -192,3 +192,15 @@ def test_report_draws_learning_curves_when_the_paper_shows_them(experiment, tmp_
     assert "## Test accuracy per epoch (mean ± std over seeds)" in path.read_text()
     assert (path.parent / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "curves.png" not in experiment_report(experiment, scale="tiny", out=out).read_text()
+
+
+def test_labels_give_distinct_folder_names():
+    from normlab.experiments.registry import label_slug
+
+    assert label_slug("γ̂ = -1") == "gammahat-m1" != label_slug("γ̂ = 1") == "gammahat-1"
+    assert label_slug("C+2×M") == "c-plus-2xm"
+    assert label_slug("ResNet164 / CIFAR100") == "resnet164-cifar100"
+    with pytest.raises(ValueError, match=r"row labels \['a b', 'a-b'\] give the same"):
+        Experiment("x", "s", "t", rows=("a b", "a-b"), columns=("c",), cells={})
+    with pytest.raises(ValueError, match=r"column labels \['\?'\] give the same or an empty"):
+        Experiment("x", "s", "t", rows=("a",), columns=("?",), cells={})

@@ -15,6 +15,7 @@ Experiments register themselves by name (:func:`register`) from one module per t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,26 @@ __all__ = [
     "Cell",
     "Experiment",
     "get_experiment",
+    "label_slug",
     "list_experiments",
     "register",
     "tiny_variant",
 ]
 
 SCALES = ("tiny", "full")
+
+
+_TRANSLITERATION = {"γ": "gamma", "β": "beta", "ρ": "rho", "δ": "delta", "×": "x", "+": " plus ",
+                    "\u0302": "hat"}
+
+
+def label_slug(label: str) -> str:
+    """A folder name for a row or column label: lower case ASCII letters, digits, dots and
+    dashes; Greek letters spelled out, a minus sign before a number kept as ``m``
+    (``"γ̂ = -1"`` -> ``"gammahat-m1"``)."""
+    text = "".join(_TRANSLITERATION.get(ch, ch) for ch in label.lower())
+    text = re.sub(r"(?<![a-z0-9.])-(?=[0-9])", "m", text)
+    return re.sub(r"[^a-z0-9.]+", "-", text).strip("-")
 
 
 def tiny_variant(config: str) -> str:
@@ -113,6 +128,12 @@ class Experiment:
             raise ValueError(f"epoch must be 'last' or 'best', got {self.epoch!r}")
         if self.best_within not in ("row", "column"):
             raise ValueError(f"best_within must be 'row' or 'column', got {self.best_within!r}")
+        for kind, labels in (("row", self.rows), ("column", self.columns)):
+            slugs = [label_slug(label) for label in labels]
+            clash = [a for a in labels if not label_slug(a) or slugs.count(label_slug(a)) > 1]
+            if clash:
+                raise ValueError(f"{self.name}: {kind} labels {clash} give the same or an empty "
+                                 "folder name; make them differ in letters or digits")
         for key in (*self.cells, *self.paper):
             if key[0] not in self.rows or key[1] not in self.columns:
                 raise ValueError(f"{self.name}: cell {key} is not in the rows and columns")

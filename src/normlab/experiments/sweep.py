@@ -15,7 +15,6 @@ with a different config is an error, never overwritten.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normlab.experiments.registry import Experiment
+from normlab.experiments.registry import Experiment, label_slug
 from normlab.train import (
     Builders,
     Config,
@@ -53,13 +52,9 @@ class PlannedRun:
     config: Config
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
-
-
 def cell_folder(out: str | Path, experiment: Experiment, scale: str, cell: tuple[str, str]) -> Path:
     """The folder that holds one cell's seeds."""
-    return Path(out) / experiment.name / scale / f"{_slug(cell[0])}--{_slug(cell[1])}"
+    return Path(out) / experiment.name / scale / f"{label_slug(cell[0])}--{label_slug(cell[1])}"
 
 
 def plan_runs(
@@ -179,11 +174,12 @@ def run_experiment(
         eta = f" (sweep ETA {_eta(left * sum(spent) / len(spent))})" if spent else ""
         log(f"{label}: {'resuming' if status == RESUMABLE else 'training'}{eta}")
         start = time.perf_counter()
+        status = run_status(run)  # again: nothing finished may be trained over
         try:
             if status == RESUMABLE:
                 summary = resume(run.folder, progress=progress, log=None, builders=builders)
                 counts["resumed"] += 1
-            else:
+            elif status == NEW:
                 if run.folder.exists():
                     shutil.rmtree(run.folder)  # only an unfinished first epoch: no checkpoint
                 summary = train(run.config, run_dir=run.folder, progress=progress, log=None,
