@@ -204,3 +204,19 @@ def test_labels_give_distinct_folder_names():
         Experiment("x", "s", "t", rows=("a b", "a-b"), columns=("c",), cells={})
     with pytest.raises(ValueError, match=r"column labels \['\?'\] give the same or an empty"):
         Experiment("x", "s", "t", rows=("a",), columns=("?",), cells={})
+
+
+def test_a_folder_filled_after_planning_is_not_trained_over(experiment, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    cell = out / "test_table/tiny/tiny-net--bn"
+
+    def fill_seed1_with_seed0(line):
+        if line.startswith("[2/4]") and "training" in line:
+            shutil.copytree(cell / "seed0", cell / "seed1")
+
+    with pytest.raises(ConfigError, match=r"train\.seed: 0 in the folder, 1 asked"):
+        run_experiment(experiment, out=out, seeds=(0, 1), progress=False,
+                       log=fill_seed1_with_seed0, builders=tiny_builders())
+    assert json.loads((cell / "seed1/summary.json").read_text())["status"] == "completed"
