@@ -16,7 +16,7 @@ Experiments register themselves by name (:func:`register`) from one module per t
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,11 +183,3 @@ def get_experiment(name: str) -> Experiment:
         raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
-
-def grid(
-    rows: Sequence[str],
-    columns: Sequence[str],
-    make: Mapping[str, Mapping[str, Cell]],
-) -> dict[tuple[str, str], Cell]:
-    """``cells`` from ``make[row][column]`` (a convenience for table modules)."""
-    return {(r, c): make[r][c] for r in rows for c in columns if c in make.get(r, {})}
