@@ -160,15 +160,14 @@ def experiment_report(
             if seed not in result.seeds and seed not in result.diverged
         ]
         if missing:
-            lines.append(f"Missing runs ({len(missing)}): {'; '.join(missing[:12])}"
-                         + (" …" if len(missing) > 12 else "") + ".")
+            lines.append(f"Missing runs ({len(missing)}): {_listing(missing)}.")
     diverged = [f"{r} / {c} seed {s}" for (r, c), res in results.items() for s in res.diverged]
     if diverged:
         lines.append(f"Diverged (non-finite loss): {'; '.join(diverged)}.")
     skipped = [f"{r} / {c}" for r in experiment.rows for c in experiment.columns
                if (r, c) in experiment.cells and (r, c) not in results]
     if skipped:
-        lines.append(f"Not run at this scale (see the notes): {'; '.join(skipped)}.")
+        lines.append(f"Not run at this scale (see the notes): {_listing(skipped)}.")
     if experiment.paper:
         paper_cells: dict[str, dict[str, str]] = {}
         for (row, column), text in experiment.paper.items():
@@ -205,6 +204,12 @@ def experiment_report(
     path = folder / REPORT
     write_text_atomic("\n".join(lines), path)
     return path
+
+
+def _listing(items: Sequence[str], limit: int = 12) -> str:
+    """``"a; b; c"``, cut after ``limit`` items with how many more there are."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
 
 
 def _number(text: str) -> float | None:
