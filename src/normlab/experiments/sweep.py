@@ -14,7 +14,6 @@ with a different config is an error, never overwritten.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from normlab.train import (
     train,
 )
 from normlab.train.checkpoint import LAST, PREV
-from normlab.train.records import SUMMARY
+from normlab.train.records import differences, read_summary
 from normlab.train.runner import CONFIG_FILE
 
 __all__ = ["PlannedRun", "plan_runs", "run_experiment", "run_status"]
@@ -93,15 +92,6 @@ def _comparable(config: Config) -> dict[str, Any]:
     return data
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        found = []
-        for key in sorted(set(a) | set(b)):
-            found += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
-        return found
-    return [] if a == b else [f"{prefix[:-1]}: {b!r} in the folder, {a!r} asked"]
-
-
 def run_status(run: PlannedRun) -> str:
     """What a sweep would do with ``run``'s folder: ``completed`` or ``diverged`` (skip),
     ``resumable`` (continue from its checkpoint) or ``new`` (train from the start).
@@ -112,14 +102,15 @@ def run_status(run: PlannedRun) -> str:
     folder = run.folder
     if not (folder / CONFIG_FILE).is_file():
         return NEW
-    differences = _differences(_comparable(run.config),
-                               _comparable(load_config(folder / CONFIG_FILE)))
-    if differences:
+    found = differences(_comparable(run.config), _comparable(load_config(folder / CONFIG_FILE)))
+    if found:
+        shown = "; ".join(f"{key}: {stored!r} in the folder, {asked!r} asked"
+                          for key, stored, asked in found[:5])
         raise ConfigError(
-            f"{folder} holds a run with another config ({'; '.join(differences[:5])}); "
+            f"{folder} holds a run with another config ({shown}); "
             "give the sweep another --out, or delete that folder to train it again"
         )
-    summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).is_file() else {}
+    summary = read_summary(folder)
     if summary.get("status") == "completed":
         return COMPLETED
     if summary.get("status") == "stopped_nonfinite_loss":

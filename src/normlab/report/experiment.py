@@ -7,7 +7,6 @@ rebuilt at any time, also while a sweep is still running; cells without a finish
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from normlab.report.figures import (
 )
 from normlab.report.tables import markdown_table
 from normlab.train import Builders, load_config, load_run
-from normlab.train.records import MetricsLog, write_text_atomic
+from normlab.train.records import MetricsLog, read_summary, write_text_atomic
 from normlab.train.runner import CONFIG_FILE
 
 __all__ = ["CellResult", "collect_results", "experiment_report"]
@@ -57,8 +56,7 @@ def collect_results(
         folder = cell_folder(out, experiment, scale, cell)
         runs = sorted((p for p in folder.glob("seed*") if _seed_of(p) is not None), key=_seed_of)
         for run in runs:
-            path = run / "summary.json"
-            summary = json.loads(path.read_text()) if path.is_file() else {}
+            summary = read_summary(run)
             if summary.get("status") == "completed":
                 acc = float(summary["final_acc" if experiment.epoch == "last" else "best_acc"])
                 result.values.append(100.0 - acc if experiment.metric == "error" else acc)

@@ -44,6 +44,23 @@ def write_json(obj: Any, path: str | Path) -> None:
     write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``summary.json``, or ``{}`` when it has none yet."""
+    path = Path(run_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def differences(asked: Any, stored: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, stored value, asked value)`` of every leaf where two nested
+    dictionaries of settings differ, sorted by key."""
+    if isinstance(asked, dict) and isinstance(stored, dict):
+        found = []
+        for key in sorted(set(asked) | set(stored)):
+            found += differences(asked.get(key), stored.get(key), f"{prefix}{key}.")
+        return found
+    return [] if asked == stored else [(prefix[:-1], stored, asked)]
+
+
 def pin_settings(settings: dict[str, Any], path: str | Path, what: str) -> None:
     """Write ``settings`` (JSON-able) to ``path``, or check that the file there holds the same.
 
@@ -58,9 +75,8 @@ def pin_settings(settings: dict[str, Any], path: str | Path, what: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(mine, path)
         return
-    stored = json.loads(path.read_text())
-    if stored != mine:
-        changed = sorted(k for k in {**stored, **mine} if stored.get(k) != mine.get(k))
+    changed = [key for key, _, _ in differences(mine, json.loads(path.read_text()))]
+    if changed:
         raise ValueError(
             f"{path.parent} holds {what} made with other settings ({', '.join(changed)}); "
             "choose another --out or delete that folder to start over"
