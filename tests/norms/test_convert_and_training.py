@@ -106,19 +106,53 @@ def test_post_step_clamps_bin_gates():
     assert layer.gate.tolist() == pytest.approx([0.0, 0.3, 1.0])
 
 
-@pytest.mark.parametrize("name", ["bn", "iebn", "sn", "bin"])
-def test_update_norm_stats_is_a_plain_average_and_restores_everything(name):
-    layer = normlab.create_norm(name, 3, momentum=0.1).double()
+def _layers_with_running_stats():
+    """(name, dim, factory) for every registered norm and dim that keeps running statistics
+    (built with ``track_running_stats=True`` where the layer takes it), plus torch's BN."""
+    cases = []
+    for name in normlab.list_norms():
+        for dim in (1, 2, 3):
+            cls = normlab.norms.resolve_norm(name, dim)
+            try:
+                cls(3, track_running_stats=True, momentum=0.1)
+            except TypeError:
+                continue
+            cases.append((name, dim, lambda c=cls: c(3, track_running_stats=True, momentum=0.1)))
+    torch_bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+    cases += [("torch-bn", d, lambda c=c: c(3, momentum=0.1)) for d, c in torch_bn.items()]
+    return cases
+
+
+@pytest.mark.parametrize("virtual", [None, 3])
+@pytest.mark.parametrize(
+    "name, dim, factory", _layers_with_running_stats(), ids=lambda v: str(v)[:12]
+)
+def test_update_norm_stats_gives_the_pooled_statistics_and_restores_everything(
+    name, dim, factory, virtual
+):
+    """running_mean/var = mean and unbiased variance of all values the batches bring."""
+    layer = factory().double()
     model = nn.Sequential(layer).eval()
-    batches = [torch.randn(8, 3, 4, 4, dtype=torch.float64) * (i + 1) + i for i in range(5)]
+    if virtual is not None:
+        if not hasattr(layer, "virtual_batch_size"):
+            pytest.skip("torch's BN has no virtual batches")
+        normlab.set_virtual_batch_size(model, virtual)
+    spatial = {1: (4,), 2: (3, 4), 3: (2, 3, 2)}[dim]
+    sizes = (8, 8, 5, 8, 8)
+    batches = [
+        torch.randn(n, 3, *spatial, dtype=torch.float64) * (i + 1) + i
+        for i, n in enumerate(sizes)
+    ]
     used = normlab.update_norm_stats(model, iter(batches), num_batches=4)
     assert used == 4
-    means = torch.stack([b.mean((0, 2, 3)) for b in batches[:4]])
-    variances = torch.stack([b.var((0, 2, 3), correction=1) for b in batches[:4]])
-    torch.testing.assert_close(layer.running_mean, means.mean(0))
-    torch.testing.assert_close(layer.running_var, variances.mean(0))
+    values = torch.cat(batches[:4]).transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(layer.running_mean, values.mean(1))
+    torch.testing.assert_close(layer.running_var, values.var(1, correction=1))
     assert not model.training and not layer.training
-    assert layer.momentum == 0.1 and int(layer.num_batches_tracked) == 4
+    assert layer.momentum == 0.1
+    if getattr(layer, "pools_batch", True):  # (instance norm counts as torch's does)
+        assert int(layer.num_batches_tracked) == 4
+    assert getattr(layer, "sums_running_stats", False) is False
 
 
 def test_switchnorm_batch_average_inference():

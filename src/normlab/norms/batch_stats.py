@@ -22,7 +22,7 @@ from torch import nn
 
 from normlab.functional import batch_moments, statistics_dtype, virtual_batch_moments
 
-__all__ = ["BatchStatistics"]
+__all__ = ["BatchStatistics", "add_sums", "pool_sums", "unbiased_variance"]
 
 
 class BatchStatistics(nn.Module):
@@ -40,6 +40,11 @@ class BatchStatistics(nn.Module):
         update_running_stats: when False, training uses batch statistics without moving
             the running ones (SN's ``using_moving_average=False``);
             :func:`normlab.update_norm_stats` switches it on while it re-estimates them.
+        sums_running_stats: when True, training adds each batch's weighted mean and second
+            moment to the running buffers instead of moving them (the authors' SN with
+            ``using_moving_average=False``; :func:`normlab.update_norm_stats`), see
+            :meth:`finish_batch_average`.
+        summed_weight: while a batch average is gathered, the total weight summed so far.
         pools_batch: whether the layer pools statistics over the samples of a batch (and so
             can pool them over processes too); False for instance normalization.
         statistics_sync: ``None``, or a callable
@@ -64,6 +69,8 @@ class BatchStatistics(nn.Module):
         self.track_running_stats = bool(track_running_stats)
         self.virtual_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
         self.update_running_stats = True
+        self.sums_running_stats = False
+        self.summed_weight = None
         self.statistics_sync = None
         if self.track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features))
@@ -125,6 +132,9 @@ class BatchStatistics(nn.Module):
                 batch_mean, batch_var, group = self.statistics_sync(batch_mean, batch_var, n)
         else:
             batch_mean, batch_var = virtual_batch_moments(mean, var, group)
+        batch_var = self.batch_variance(
+            batch_var, _values_per_row(batch_var.shape[0], group, count, batch_var), count
+        )
         if self.moves_running_stats():
             self._update_running_stats(batch_mean, batch_var, group, count)
         return batch_mean, batch_var
@@ -144,6 +154,23 @@ class BatchStatistics(nn.Module):
             self._update_running_stats(mean, var, total, count)
         return y + 0.0 * (mean.sum() + var.sum()).to(y.dtype)
 
+    def batch_variance(
+        self, var: torch.Tensor, values: int | torch.Tensor, count: int
+    ) -> torch.Tensor:
+        """The BN variance to normalize with, from the biased pooled ``var`` of ``values``
+        elements per row (``count`` per (n, c) pair): the biased one, as torch's BatchNorm."""
+        return var
+
+    def running_variance(self, var: torch.Tensor, values: int | torch.Tensor) -> torch.Tensor:
+        """What ``running_var`` tracks for a BN variance ``var`` over ``values`` elements:
+        the unbiased variance ``var * values / (values - 1)``, as torch's BatchNorm."""
+        return unbiased_variance(var, values)
+
+    def summing_weight(self, values: int | torch.Tensor) -> int | torch.Tensor:
+        """Weight of a batch of ``values`` elements per channel in summed running statistics:
+        its number of values, so that the sums pool every value equally."""
+        return values
+
     @torch.no_grad()
     def _update_running_stats(
         self,
@@ -152,21 +179,95 @@ class BatchStatistics(nn.Module):
         group: int | torch.Tensor,
         count: int,
     ) -> None:
-        """Move the running statistics; ``group`` samples stand behind each pooled row (a
-        tensor when they were counted across processes)."""
+        """Move (or, when :attr:`sums_running_stats`, add to) the running statistics;
+        ``group`` samples stand behind each pooled row (a tensor when they were counted
+        across processes)."""
         self.num_batches_tracked.add_(1)
+        values = _values_per_row(batch_mean.shape[0], group, count, batch_var)
+        if batch_mean.shape[0] > 1:
+            batch_mean, batch_var, values = batch_mean[::group], batch_var[::group], values[::group]
+        batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
+        if self.sums_running_stats:
+            weight = self.summing_weight(values)
+            weight = torch.as_tensor(weight, dtype=batch_var.dtype, device=batch_var.device)
+            weight = weight.expand(batch_mean.shape[0], 1)
+            add_sums(self.running_mean, self.running_var, batch_mean, batch_var, weight)
+            if self.summed_weight is not None:
+                self.summed_weight = self.summed_weight + weight.sum()
+            return
         if self.momentum is None:
             factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
         else:
             factor = self.momentum
-        if batch_mean.shape[0] == 1:
-            values = group * count
-            batch_mean, unbiased = batch_mean[0], batch_var[0] * (values / (values - 1))
-        else:
-            n = batch_mean.shape[0]
-            sizes = [min(group, n - start) for start in range(0, n, group)]
-            values = torch.tensor(sizes, dtype=batch_var.dtype, device=batch_var.device) * count
-            batch_mean = batch_mean[::group].mean(0)
-            unbiased = (batch_var[::group] * (values / (values - 1)).unsqueeze(1)).mean(0)
-        self.running_mean.lerp_(batch_mean.detach().to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), factor)
+        running_var = self.running_variance(batch_var, values).mean(0)
+        self.running_mean.lerp_(batch_mean.mean(0).to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(running_var.to(self.running_var.dtype), factor)
+
+    def start_batch_average(self) -> None:
+        """Zero the running statistics and start summing them (see :func:`finish_batch_average`)."""
+        self.running_mean.zero_()
+        self.running_var.zero_()
+        self.num_batches_tracked.zero_()
+        self.summed_weight = torch.zeros((), dtype=torch.float64, device=self.running_var.device)
+
+    @torch.no_grad()
+    def finish_batch_average(self) -> None:
+        """Turn the sums gathered since :func:`start_batch_average` into the pooled statistics.
+
+        With sums ``S1 = sum_b w_b mean_b``, ``S2 = sum_b w_b (var_b + mean_b^2)`` and
+        ``W = sum_b w_b``: ``running_mean = S1 / W`` and
+        ``running_var = running_variance(S2 / W - running_mean^2, W)`` -- the variance of all
+        the batches' values pooled (law of total variance), unbiased by default.
+        """
+        weight = self.summed_weight.to(self.running_var.dtype)
+        self.summed_weight = None
+        if float(weight) == 0:  # no batch reached this layer
+            self.reset_running_stats()
+            return
+        pool_sums(self.running_mean, self.running_var, weight, self.running_variance)
+
+
+@torch.no_grad()
+def add_sums(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: torch.Tensor,
+) -> None:
+    """In place: ``running_mean += sum_r w_r mean_r`` and
+    ``running_var += sum_r w_r (var_r + mean_r^2)`` over the rows ``r`` of the (R, C)
+    ``mean``/``var`` with (R, 1) weights (the sums :func:`pool_sums` turns into moments)."""
+    running_mean.add_((weight * mean).sum(0).to(running_mean.dtype))
+    running_var.add_((weight * (var + mean**2)).sum(0).to(running_var.dtype))
+
+
+def unbiased_variance(var: torch.Tensor, values: int | torch.Tensor) -> torch.Tensor:
+    """Bessel's correction: ``var * values / (values - 1)`` for a biased ``var``."""
+    return var * (values / (values - 1))
+
+
+@torch.no_grad()
+def pool_sums(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: torch.Tensor,
+    running_variance=unbiased_variance,
+) -> None:
+    """In place: ``running_mean = S1 / W`` and
+    ``running_var = running_variance(S2 / W - running_mean^2, W)`` for buffers holding the
+    sums ``S1``, ``S2`` of total weight ``W`` > 0."""
+    running_mean.div_(weight)
+    running_var.copy_(running_variance(running_var / weight - running_mean**2, weight))
+
+
+def _values_per_row(
+    rows: int, group: int | torch.Tensor, count: int, like: torch.Tensor
+) -> int | torch.Tensor:
+    """Elements behind each row's statistics: a number for one pooled row (a tensor when
+    counted across processes), else a (rows, 1) tensor, each row of a sub-batch of
+    ``group`` samples (the last one possibly smaller)."""
+    if rows == 1:
+        return group * count
+    sizes = [min(group, rows - (i - i % group)) * count for i in range(rows)]
+    return torch.tensor(sizes, dtype=like.dtype, device=like.device).unsqueeze(1)

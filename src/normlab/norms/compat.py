@@ -77,7 +77,15 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Order
 
 
 def official_sn_kwargs(momentum: float = 0.9, **overrides: Any) -> dict[str, Any]:
-    """SwitchNorm settings that reproduce the authors' layer.
+    """SwitchNorm settings that reproduce the authors' layer, in training as in eval.
+
+    They set ``semantics="authors"`` (see :class:`normlab.SwitchNorm`): the unbiased
+    instance variance inside all statistics (unbiased LN/BN variances on (N, C) input),
+    ``running_var`` without Bessel's factor and starting at 0, and, with
+    ``using_moving_average=False``, buffers that sum each training batch's statistics;
+    :func:`normlab.update_norm_stats` then computes what the authors' batch-average helper
+    computes. Continuing to train from an authors' checkpoint gives their numbers step for
+    step. Without these settings SwitchNorm's BN part follows torch's BatchNorm instead.
 
     Args:
         momentum: the authors' ``m`` (0.9 in the current code, 0.997 in the 2018 model-zoo
@@ -87,7 +95,7 @@ def official_sn_kwargs(momentum: float = 0.9, **overrides: Any) -> dict[str, Any
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"the authors' SN momentum must lie in [0, 1], got {momentum}")
-    return {"momentum": 1.0 - momentum, "unbiased_instance_var": True, **overrides}
+    return {"momentum": 1.0 - momentum, "semantics": "authors", **overrides}
 
 
 def load_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normlab.functional import instance_moments, statistics_dtype
 from normlab.norms.base import NormBase
 from normlab.norms.standard import BatchNorm
 
@@ -161,10 +162,15 @@ class IEBN(BatchNorm):
 
     @torch.no_grad()
     def gate_values(self, x: torch.Tensor) -> torch.Tensor:
-        """delta[n, c] this layer applies to input ``x`` (for inspection). Shape: (N, C)."""
+        """delta[n, c] this layer applies to input ``x`` (for inspection), computed in the
+        statistics dtype of ``x`` as the forward computes it. Shape: (N, C)."""
         self.check_input(x)
-        mean = x.mean(tuple(range(2, x.dim())), dtype=torch.float32) if x.dim() > 2 else x
-        return self.gate(mean.float(), {k: v for k, v in self.coefficient_params().items()})
+        if x.dim() > 2:
+            mean = instance_moments(x, with_var=False)[0]
+        else:
+            mean = x.to(statistics_dtype(x))
+        return self.gate(mean, self.coefficient_params())
+
 
     def extra_repr(self) -> str:
         return (

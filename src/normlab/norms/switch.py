@@ -18,12 +18,13 @@ from torch import nn
 
 from normlab.functional import group_moments, layer_moments
 from normlab.norms.base import NormBase, NormInputError
-from normlab.norms.batch_stats import BatchStatistics
+from normlab.norms.batch_stats import BatchStatistics, unbiased_variance
 from normlab.norms.standard import default_num_groups, standardize
 
 __all__ = ["SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d"]
 
 NORMALIZERS = ("in", "ln", "bn", "gn")
+SEMANTICS = ("torch", "authors")
 
 
 def _canonical(normalizers, using_bn: bool, dim: int) -> tuple[str, ...]:
@@ -65,12 +66,28 @@ class SwitchNorm(BatchStatistics, NormBase):
             statistics).
         using_moving_average: False stops training from moving the running statistics;
             estimate them before eval with :func:`normlab.update_norm_stats` (the SN
-            paper's batch-average inference).
+            paper's batch-average inference). Under ``semantics="authors"`` training adds
+            each batch's BN mean and ``var + mean^2`` to the buffers instead, as the
+            authors' layers do (their helper, and :func:`normlab.update_norm_stats`, zero
+            them first and divide afterwards).
         last_gamma: initialize ``weight`` to 0 (for the last norm of a residual unit).
         num_groups: groups of the ``gn`` statistics (default as in GroupNorm).
         unbiased_instance_var: use the unbiased per-(n, c) variance inside all statistics,
             as the authors' code does (needed to reproduce their checkpoints). On maps of
             one element the biased (zero) variance is used instead of the authors' NaN.
+        semantics: ``"torch"`` (default) or ``"authors"``. The default follows
+            :class:`torch.nn.BatchNorm2d` for the BN part: biased statistics inside the
+            layer, an unbiased (Bessel-corrected, ``NM/(NM-1)``) ``running_var``, frozen
+            buffers when ``using_moving_average=False``, running variance initialised to 1
+            -- so that SN behaves as every other norm here and as torch's BN users expect.
+            ``"authors"`` reproduces the authors' ``SwitchNorm1d/2d/3d`` step for step
+            (set by :func:`normlab.norms.compat.official_sn_kwargs`): the unbiased
+            instance variance inside all statistics (implies ``unbiased_instance_var``);
+            on (N, C) input the unbiased LN variance over C and BN variance over N, as
+            their 1d layer computes them (inputs with spatial axes follow their 2d/3d
+            rule); ``running_var`` tracks the BN variance used in training, without
+            Bessel's factor, and starts at 0; summed buffers with
+            ``using_moving_average=False`` (see above).
 
     Parameters:
         ``weight``, ``bias`` (C,); ``mean_weight``, ``var_weight`` (K,) softmax logits,
@@ -96,9 +113,12 @@ class SwitchNorm(BatchStatistics, NormBase):
         last_gamma: bool = False,
         num_groups: int | None = None,
         unbiased_instance_var: bool = False,
+        semantics: str = "torch",
         virtual_batch_size: int | None = None,
         backend: str | None = None,
     ) -> None:
+        if semantics not in SEMANTICS:
+            raise ValueError(f"SwitchNorm semantics must be one of {SEMANTICS}, got {semantics!r}")
         super().__init__(num_features, eps, affine, backend=backend)
         self.normalizers = _canonical(normalizers, using_bn, self.dim)
         self.init_batch_statistics(
@@ -107,12 +127,16 @@ class SwitchNorm(BatchStatistics, NormBase):
             track_running_stats and "bn" in self.normalizers,
             virtual_batch_size,
         )
-        self.update_running_stats = bool(using_moving_average)
+        self.semantics = semantics
+        self.update_running_stats = bool(using_moving_average) or semantics == "authors"
+        self.sums_running_stats = not using_moving_average and semantics == "authors"
+        if semantics == "authors":
+            self.reset_running_stats()
         self.last_gamma = bool(last_gamma)
         self.num_groups = (
             default_num_groups(num_features, num_groups) if "gn" in self.normalizers else None
         )
-        self.unbiased_instance_var = bool(unbiased_instance_var)
+        self.unbiased_instance_var = bool(unbiased_instance_var) or semantics == "authors"
         self.hard = False
         self.mean_weight = nn.Parameter(torch.ones(len(self.normalizers)))
         self.var_weight = nn.Parameter(torch.ones(len(self.normalizers)))
@@ -126,7 +150,32 @@ class SwitchNorm(BatchStatistics, NormBase):
 
     @property
     def using_moving_average(self) -> bool:
-        return self.update_running_stats
+        return self.update_running_stats and not self.sums_running_stats
+
+    def reset_running_stats(self) -> None:
+        """As BatchNorm's; under ``semantics="authors"`` the running variance starts at 0."""
+        super().reset_running_stats()
+        if self.semantics == "authors" and self.track_running_stats:
+            self.running_var.zero_()
+
+    def batch_variance(
+        self, var: torch.Tensor, values: int | torch.Tensor, count: int
+    ) -> torch.Tensor:
+        """The authors' 1d layer normalizes (N, C) input with the unbiased BN variance."""
+        if self.semantics == "authors" and count == 1:
+            return unbiased_variance(var, values)
+        return var
+
+    def running_variance(self, var: torch.Tensor, values: int | torch.Tensor) -> torch.Tensor:
+        """The authors' ``running_var`` tracks the training BN variance as it is."""
+        if self.semantics == "authors":
+            return var
+        return super().running_variance(var, values)
+
+    def summing_weight(self, values: int | torch.Tensor) -> int | torch.Tensor:
+        """The authors sum each batch with weight 1 (their helper divides by the count)."""
+        return 1 if self.semantics == "authors" else values
+
 
     def coefficient_params(self):
         return {
@@ -152,14 +201,23 @@ class SwitchNorm(BatchStatistics, NormBase):
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(mean, var) of each normalizer in ``self.normalizers``, broadcastable to (N, C)."""
         if self.unbiased_instance_var and count > 1:
-            var = var * (count / (count - 1))
+            var = unbiased_variance(var, count)
         stats = {
             "in": lambda: (mean, var),
-            "ln": lambda: layer_moments(mean, var),
+            "ln": lambda: self.layer_statistics(mean, var, count),
             "bn": lambda: self.batch_statistics(mean, var, count),
             "gn": lambda: group_moments(mean, var, self.num_groups),
         }
         return [stats[k]() for k in self.normalizers]
+
+    def layer_statistics(
+        self, mean: torch.Tensor, var: torch.Tensor, count: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LN statistics; the authors' 1d layer uses the unbiased variance over C."""
+        ln_mean, ln_var = layer_moments(mean, var)
+        if self.semantics == "authors" and count == 1:
+            ln_var = unbiased_variance(ln_var, mean.shape[1])
+        return ln_mean, ln_var
 
     def normalizer(self, mean, var, params, count):
         mean_ratio, var_ratio = self.ratios(params)
@@ -209,6 +267,8 @@ class SwitchNorm(BatchStatistics, NormBase):
 
     def extra_repr(self) -> str:
         text = f"{super().extra_repr()}, normalizers={self.normalizers}"
+        if self.semantics != "torch":
+            text += f", semantics={self.semantics!r}"
         if self.hard:
             text += f", hard={self.selected()}"
         return text

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from normlab.functional import statistics_dtype
 from normlab.norms.base import NormBase
-from normlab.norms.batch_stats import BatchStatistics
+from normlab.norms.batch_stats import BatchStatistics, add_sums, pool_sums
 
 __all__ = [
     "DEFAULT_ROLE_LR_SCALE",
@@ -133,12 +134,31 @@ def _inputs(batch: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int) -> int:
-    """Re-estimate running statistics as a plain average over ``num_batches`` batches.
+    """Re-estimate running statistics as the batch average over ``num_batches`` batches.
 
-    The SN paper's *batch average* inference (Section 3.1): freeze the network, reset the
-    running statistics of every normlab norm (and torch BatchNorm) layer, feed batches in
-    training mode without gradients with a cumulative average (``momentum=None``), then
-    restore every module's mode and settings.
+    The SN paper's *batch average* inference (Section 3.1, "Inference"): freeze the network,
+    feed it batches in training mode without gradients, and give the BN part of every layer
+    the statistics of those batches. Every normlab norm with running statistics and every
+    torch BatchNorm is re-estimated; every module's mode and settings are restored.
+
+    Which statistics: the paper says it averages "the means and variances produced by all
+    these mini-batches"; the authors' helper sums each batch's mean and ``var + mean^2``,
+    divides by the number of batches and subtracts the squared mean -- the *pooled*
+    variance (mean of the per-batch variances plus the variance of the per-batch means).
+    This function computes the pooled one: it is what a BN layer's inference statistics
+    estimate, the variance of the layer's input over the data, whereas the mean of per-batch
+    variances falls short of it by the variance of the batch means -- most at the small
+    batches SN is meant for; and it is what the authors' released code computes. So:
+
+    - by default (and for torch BatchNorm): ``running_mean`` and ``running_var`` are the
+      mean and the unbiased (Bessel-corrected) variance, per channel, of all the values the
+      layer's BN part saw over the batches, each value counting once (virtual batches and
+      processes pooled alike) -- for one batch, torch's running statistics with
+      ``momentum=1``;
+    - for SwitchNorm with ``semantics="authors"`` (:func:`normlab.norms.compat.official_sn_kwargs`):
+      exactly the authors' helper -- ``running_mean`` the mean of the batch means,
+      ``running_var`` the mean of ``var_b + mean_b^2`` minus its square, each batch
+      weighted 1, ``var_b`` the BN variance of their training forward, no Bessel factor.
 
     Args:
         model: the network.
@@ -153,15 +173,26 @@ def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int
     layers = [
         m
         for m in model.modules()
-        if isinstance(m, (BatchStatistics, _BatchNorm)) and m.track_running_stats
+        if isinstance(m, BatchStatistics)
+        and _has_running_stats(m)
+        and not getattr(m, "frozen_stats", False)  # frozen by normlab.freeze_norm: kept
+    ]
+    torch_layers = [
+        m for m in model.modules() if isinstance(m, _BatchNorm) and _has_running_stats(m)
     ]
     saved_modes = {m: m.training for m in model.modules()}
-    saved = [(m.momentum, getattr(m, "update_running_stats", None)) for m in layers]
+    saved = [(m.momentum, m.update_running_stats, m.sums_running_stats) for m in layers]
+    saved_torch = [m.momentum for m in torch_layers]
+    weights: dict[nn.Module, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(_sum_input_statistics(weights)) for m in torch_layers]
     for layer in layers:
+        layer.start_batch_average()
+        layer.update_running_stats = layer.sums_running_stats = True
+    for layer in torch_layers:
         layer.reset_running_stats()
-        layer.momentum = None
-        if isinstance(layer, BatchStatistics):
-            layer.update_running_stats = True
+        layer.running_var.zero_()
+        layer.momentum = 0.0
+        weights[layer] = torch.zeros((), dtype=torch.float64)
     used = 0
     try:
         model.train()
@@ -170,13 +201,47 @@ def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int
                 break
             model(_inputs(batch))
             used += 1
+        for layer in layers:
+            layer.finish_batch_average()
+        for layer in torch_layers:
+            if float(weights[layer]) == 0:  # no batch reached this layer
+                layer.reset_running_stats()
+            else:
+                weight = weights[layer].to(layer.running_var.dtype)
+                pool_sums(layer.running_mean, layer.running_var, weight)
     finally:
-        for layer, (momentum, update) in zip(layers, saved):
+        for hook in hooks:
+            hook.remove()
+        for layer, (momentum, update, sums) in zip(layers, saved):
+            layer.momentum, layer.update_running_stats, layer.sums_running_stats = (
+                momentum, update, sums
+            )
+            layer.summed_weight = None
+        for layer, momentum in zip(torch_layers, saved_torch):
             layer.momentum = momentum
-            if update is not None:
-                layer.update_running_stats = update
         for module, mode in saved_modes.items():
             module.training = mode
     if used == 0:
         raise ValueError("update_norm_stats got no batches; pass a non-empty iterable")
     return used
+
+
+def _has_running_stats(layer: nn.Module) -> bool:
+    return layer.track_running_stats and layer.running_mean is not None
+
+
+def _sum_input_statistics(weights: dict[nn.Module, torch.Tensor]):
+    """A forward pre-hook that adds a torch BatchNorm input's per-channel sums (weighted by
+    its values per channel) to the layer's buffers and its weight to ``weights``."""
+
+    def hook(module: _BatchNorm, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        if x.numel() == 0:
+            return
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1).to(statistics_dtype(x))
+        var, mean = torch.var_mean(flat, dim=1, correction=0)
+        values = torch.tensor([[flat.shape[1]]], dtype=flat.dtype, device=flat.device)
+        add_sums(module.running_mean, module.running_var, mean[None], var[None], values)
+        weights[module] = weights[module] + flat.shape[1]
+
+    return hook
