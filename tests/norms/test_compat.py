@@ -225,16 +225,17 @@ def assert_same_buffers(layer, sd):
     torch.testing.assert_close(layer.running_var, sd["running_var"].reshape(-1), **EXACT)
 
 
+@pytest.mark.parametrize("backend", ["reference", "fused"])
 @pytest.mark.parametrize("moving_average", [True, False])
 @pytest.mark.parametrize("era_momentum", [0.9, 0.997])
 @pytest.mark.parametrize("cls, shape, weight_shape, running_shape", SN_LAYOUTS)
 def test_training_on_from_an_authors_checkpoint_gives_their_numbers_step_for_step(
-    cls, shape, weight_shape, running_shape, era_momentum, moving_average
+    cls, shape, weight_shape, running_shape, era_momentum, moving_average, backend
 ):
     torch.manual_seed(0)
     theirs = random_official_sn(cls, weight_shape, running_shape)
     kwargs = official_sn_kwargs(era_momentum, using_moving_average=moving_average)
-    layer = cls(C, **kwargs).double()
+    layer = cls(C, backend=backend, **kwargs).double()
     load_official(layer, {f"module.{k}": v for k, v in theirs.items()})
     assert layer.using_moving_average == moving_average
     for name in SN_PARAMS:

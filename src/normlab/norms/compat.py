@@ -9,7 +9,12 @@ Facts from the authors' public code (../shared/papers/OFFICIAL_IMPLEMENTATIONS.m
 - ``SwitchNorm*d`` stores ``weight``/``bias`` as (1, C, 1, 1) (or (1, C, 1)), running
   statistics as (1, C, 1) without ``num_batches_tracked``, and uses the opposite momentum
   convention (``running = m * running + (1 - m) * batch``; ``m`` = 0.9 now, 0.997 in the
-  2018 model-zoo code) and the *unbiased* instance variance inside all its statistics;
+  2018 model-zoo code) and the *unbiased* instance variance inside all its statistics
+  (``SwitchNorm1d``, on (N, C) input: the unbiased variances over C for LN and over N for
+  BN); ``running_var`` gets no Bessel factor and starts at 0; with
+  ``using_moving_average=False`` training adds each batch's BN mean and ``var + mean^2``
+  to the buffers, and their helper zeroes them, runs K training-mode batches without
+  gradients, divides by K and subtracts the squared mean (a pooled variance);
 - BIN's names and shapes already match normlab's.
 
 :func:`convert_official_state_dict` renames and reshapes; :func:`official_sn_kwargs` gives
