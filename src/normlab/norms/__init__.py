@@ -8,13 +8,17 @@ from normlab.norms.batch_instance import (
     BatchInstanceNorm3d,
 )
 from normlab.norms.batch_stats import BatchStatistics
-from normlab.norms.convert import convert_norm, is_norm_layer
+from normlab.norms.convert import ConversionReport, convert_norm, is_norm_layer
+from normlab.norms.freeze import freeze_norm, is_frozen, unfreeze_norm
 from normlab.norms.iebn import IEBN, IEBN1d, IEBN2d, IEBN3d
+from normlab.norms.norm_act import NormAct, get_norm_act_layer, norm_act, norm_act_class
 from normlab.norms.registry import (
     NormSpec,
     create_norm,
+    get_norm_layer,
     list_norms,
     norm_aliases,
+    norm_layer,
     register_norm,
     resolve_norm,
 )
@@ -58,6 +62,7 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchStatistics",
+    "ConversionReport",
     "GroupNorm",
     "GroupNorm1d",
     "GroupNorm2d",
@@ -73,6 +78,7 @@ __all__ = [
     "LayerNorm1d",
     "LayerNorm2d",
     "LayerNorm3d",
+    "NormAct",
     "NormBase",
     "NormInputError",
     "NormSpec",
@@ -82,9 +88,16 @@ __all__ = [
     "SwitchNorm3d",
     "convert_norm",
     "create_norm",
+    "freeze_norm",
+    "get_norm_act_layer",
+    "get_norm_layer",
+    "is_frozen",
     "is_norm_layer",
     "list_norms",
+    "norm_act",
+    "norm_act_class",
     "norm_aliases",
+    "norm_layer",
     "norm_summary",
     "param_groups",
     "parameter_roles",
@@ -93,5 +106,6 @@ __all__ = [
     "resolve_norm",
     "set_noise",
     "set_virtual_batch_size",
+    "unfreeze_norm",
     "update_norm_stats",
 ]

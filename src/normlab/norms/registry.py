@@ -7,6 +7,7 @@ normalization layer through :func:`create_norm`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,16 @@ from torch import nn
 
 from normlab.norms import batch_instance, iebn, standard, switch
 
-__all__ = ["NormSpec", "create_norm", "list_norms", "norm_aliases", "register_norm", "resolve_norm"]
+__all__ = [
+    "NormSpec",
+    "create_norm",
+    "get_norm_layer",
+    "list_norms",
+    "norm_aliases",
+    "norm_layer",
+    "register_norm",
+    "resolve_norm",
+]
 
 NormSpec = str | type | Callable[..., nn.Module]
 
@@ -55,6 +65,34 @@ def resolve_norm(name: str, dim: int = 2) -> type:
     if dim not in classes:
         raise ValueError(f"norm {canonical!r} has no {dim}d form; dims: {sorted(classes)}")
     return classes[dim]
+
+
+def get_norm_layer(spec: NormSpec, dim: int = 2, **bind: Any) -> type | functools.partial:
+    """The layer class of ``spec`` for ``dim``, or a :func:`functools.partial` of it keeping
+    ``bind`` — the ``norm_layer`` argument torchvision's and timm's models take::
+
+        torchvision.models.resnet50(norm_layer=normlab.norm_layer("sn"))
+        timm.create_model("resnet50", norm_layer=normlab.norm_layer("iebn", momentum=0.05))
+
+    Models call it as ``norm_layer(C, **factory_kwargs)`` (timm adds ``device``/``dtype``).
+    Like timm's ``get_norm_layer`` it returns a class or a partial, never a built layer; a
+    class or partial ``spec`` is returned with ``bind`` merged into it.
+
+    Args:
+        spec: a registered name or alias, a layer class, or a partial of one.
+        dim: 1, 2 or 3 — which form of a named norm.
+        **bind: arguments bound for every layer the model builds.
+    """
+    if isinstance(spec, functools.partial):
+        bind = {**spec.keywords, **bind}
+        spec = spec.func
+    layer = resolve_norm(spec, dim) if isinstance(spec, str) else spec
+    if not callable(layer):
+        raise TypeError(f"norm must be a name, a class or a callable, got {type(spec).__name__}")
+    return functools.partial(layer, **bind) if bind else layer
+
+
+norm_layer = get_norm_layer  # named after the models' argument: resnet50(norm_layer=...)
 
 
 def create_norm(norm: NormSpec, num_features: int, dim: int = 2, **kwargs: Any) -> nn.Module:
