@@ -27,9 +27,12 @@ MODELS = {
     ),
 }
 
-# Largest |output difference| / max |output| measured with init="from_bn" (float32, one
-# 32x32 image, statistics and affine randomized); rounding only: the maths is exact.
-FROM_BN_TOLERANCE = {"bn": 0.0, "sn": 1e-5, "iebn": 1e-5, "bin": 1e-5}
+# Largest |output difference| / max |output| with init="from_bn" (float32, one 32x32 image,
+# statistics and affine randomized). Rounding only, the maths is exact: sn, iebn and bin
+# compute the BN coefficients in normlab's general order (gamma * s, beta + gamma * t)
+# rather than torch's (s * gamma, beta - mean * (s * gamma)). Measured: 3.8e-7 (mobilenet)
+# to 1.3e-6 (resnet50s), the same for the three norms; bn: 0 (bit-identical).
+FROM_BN_TOLERANCE = {"bn": 0.0, "sn": 5e-6, "iebn": 5e-6, "bin": 5e-6}
 
 
 def randomized(model: nn.Module) -> nn.Module:
@@ -188,3 +191,20 @@ def test_torchvision_models_build_with_normlab_layers_and_train():
     assert sum(isinstance(m, normlab.IEBN2d) for m in model.modules()) == 20
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert model.bn1.gate_weight.grad is not None
+
+
+def test_timm_group_norm_act_converts_on_request_with_its_activation():
+    from timm.layers import GroupNormAct
+
+    layer = GroupNormAct(8, num_groups=4, act_layer=nn.GELU).double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.normal_()
+    assert normlab.convert_norm(layer, "bn") is layer  # GN is not converted unless asked
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    new, report = normlab.convert_norm(copy.deepcopy(layer), "gn", source="gn",
+                                       return_report=True)
+    assert type(new).__name__ == "GroupNormAct2d" and new.num_groups == 4
+    assert isinstance(new.act, nn.GELU)
+    assert report.converted[0][3] == "dim ASSUMED 2d (pass example_inputs= to measure it)"
+    torch.testing.assert_close(new(x), layer(x), rtol=1e-12, atol=1e-12)
