@@ -83,6 +83,13 @@ class BatchInstanceNorm(BatchNorm):
         """Clamp rho to [0, 1] (BIN paper: gates are clipped after each update)."""
         self.gate.clamp_(0.0, 1.0)
 
+    @torch.no_grad()
+    def start_from_bn(self) -> str:
+        """rho = 1: the layer computes what the BN whose weights it holds computes (exact:
+        the IN branch enters with weight 0); rho keeps learning from there."""
+        self.gate.fill_(1.0)
+        return "exact"
+
 
 class BatchInstanceNorm1d(BatchInstanceNorm):
     dim = 1

@@ -55,6 +55,7 @@ class BatchStatistics(nn.Module):
     """
 
     pools_batch = True
+    frozen_stats = False  # set by normlab.freeze_norm: running statistics in training too
 
     def init_batch_statistics(
         self,
@@ -89,12 +90,18 @@ class BatchStatistics(nn.Module):
             self.num_batches_tracked.zero_()
 
     def uses_batch_statistics(self) -> bool:
-        """Whether the BN part pools the current batch (training, or no running stats)."""
-        return self.training or not self.track_running_stats
+        """Whether the BN part pools the current batch (training, or no running stats); a
+        layer frozen by :func:`normlab.freeze_norm` uses its running ones in training too."""
+        return (self.training and not self.frozen_stats) or not self.track_running_stats
 
     def moves_running_stats(self) -> bool:
         """Whether this forward moves the running statistics (training, tracked, enabled)."""
-        return self.training and self.track_running_stats and self.update_running_stats
+        return (
+            self.training
+            and self.track_running_stats
+            and self.update_running_stats
+            and not self.frozen_stats
+        )
 
     def batch_statistics(
         self, mean: torch.Tensor, var: torch.Tensor | None, count: int

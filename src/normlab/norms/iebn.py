@@ -37,6 +37,32 @@ def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
     return value
 
 
+# beta_hat where each activation gives (close to) a power of two
+_POWER_OF_TWO_POINT = {"sigmoid": 0.0, "relu": 1.0, "tanh": math.atanh(0.5), "softmax": 0.0}
+
+
+def fold_factor(
+    target: torch.Tensor, factor: torch.Tensor, ulps: int = 4
+) -> tuple[torch.Tensor, int]:
+    """``v`` such that ``v * factor`` rounds to ``target``: ``target / factor``, moved by up
+    to ``ulps`` ulps each way where that makes the product exact.
+
+    Returns:
+        ``(v, entries whose product stays off by a rounding)``.
+    """
+    value = target / factor
+    found = value * factor == target
+    up = down = value
+    for _ in range(ulps):
+        up = torch.nextafter(up, torch.full_like(up, math.inf))
+        down = torch.nextafter(down, torch.full_like(down, -math.inf))
+        for candidate in (up, down):
+            hit = ~found & (candidate * factor == target)
+            value = torch.where(hit, candidate, value)
+            found = found | hit
+    return value, int((~found).sum())
+
+
 class IEBN(BatchNorm):
     """Instance-Enhancement Batch Normalization: :class:`BatchNorm` with a gated scale.
 
@@ -171,6 +197,48 @@ class IEBN(BatchNorm):
             mean = x.to(statistics_dtype(x))
         return self.gate(mean, self.coefficient_params())
 
+
+    @torch.no_grad()
+    def start_from_bn(self) -> str:
+        """Make the layer compute what the BN whose weights it holds computes.
+
+        The gate is made constant — ``gate_weight`` (gamma_hat) 0 for the linear operator,
+        the last FC's weight 0 for ``"fc"`` — with its bias (beta_hat) where the activation
+        gives a power of two: sigmoid(0) = 1/2, relu(1) = 1 (tanh(atanh(1/2)) and softmax
+        (1/C) are close to one). So delta[n, c] is that constant for every sample, and it
+        is folded into what it scales: ``weight <- weight / delta`` (and ``bias`` for
+        ``position="beta"``/``"both"``), exact for a power of two, else nudged by a few
+        ulps so that ``weight * delta`` rounds to the old value. Unlike a saturated
+        sigmoid, the gate keeps its gradient, so fine-tuning learns it from there (beta_hat
+        starts at 0 rather than the paper's -1).
+
+        Returns:
+            ``"exact"``, or how many entries' products stay one rounding off.
+
+        Raises:
+            ValueError: for ``operator="identity"`` (the gate reads the input, it cannot
+                be made constant) or without the affine parameter the gate scales.
+        """
+        folded = {"gamma": ("weight",), "beta": ("bias",), "both": ("weight", "bias")}
+        names = folded[self.position]
+        if self.operator == "identity" or any(getattr(self, n) is None for n in names):
+            raise ValueError(
+                f"{type(self).__name__} cannot start as BN with operator={self.operator!r} "
+                f"and affine={self.affine}; use operator='linear' or 'fc' with affine weights"
+            )
+        linear = self.operator == "linear"
+        getattr(self, "gate_weight" if linear else "gate_fc2_weight").zero_()
+        gate_bias = getattr(self, "gate_bias" if linear else "gate_fc2_bias")
+        gate_bias.fill_(_POWER_OF_TWO_POINT[self.activation])
+        zeros = torch.zeros(1, self.num_features, dtype=gate_bias.dtype, device=gate_bias.device)
+        delta = self.gate(zeros, self.coefficient_params())[0]
+        off = 0
+        for name in names:
+            target = getattr(self, name)
+            value, missed = fold_factor(target, delta)
+            target.copy_(value)
+            off += missed
+        return "exact" if off == 0 else f"{off} entries one rounding off"
 
     def extra_repr(self) -> str:
         return (

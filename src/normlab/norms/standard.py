@@ -87,6 +87,66 @@ class BatchNorm(BatchStatistics, NormBase):
     def normalizer(self, mean, var, params, count):
         return standardize(*self.batch_statistics(mean, var, count), self.eps)
 
+    def is_plain(self) -> bool:
+        """Whether this layer computes plain BN: no noise attack, no gate and BN's own
+        normalizer (False for the BN-derived IEBN and BIN, whatever their parameters)."""
+        cls = type(self)
+        return (
+            self.noise is None
+            and cls.normalizer is BatchNorm.normalizer
+            and cls.gates is NormBase.gates
+        )
+
+    def running_affine(
+        self, params: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(scale, shift)`` of shape (C,) with ``y = scale * x + shift``, when plain BN
+        normalizes with its running statistics (eval, or frozen); None otherwise.
+
+        Computed in the order of torch's CPU kernel (ATen's
+        ``batch_norm_cpu_collect_linear_and_constant_terms``, vectorized):
+        ``scale = rsqrt(running_var + eps) * weight`` and ``shift = bias - running_mean *
+        scale`` in one rounding (a fused multiply-add), so that a BatchNorm converted by
+        :func:`normlab.convert_norm` gives bit-identical eval outputs. A layer frozen by
+        :func:`normlab.freeze_norm` uses torchvision's ``FrozenBatchNorm2d`` order instead
+        (``shift = bias - running_mean * scale`` in two roundings), as it is applied there.
+        """
+        if self.uses_batch_statistics() or not self.is_plain():
+            return None
+        params = self.coefficient_params() if params is None else params
+        weight, bias = params.get("weight"), params.get("bias")
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if weight is not None:
+            scale = scale * weight
+        mean = self.running_mean
+        if bias is None:
+            return scale, -(mean * scale)
+        if self.frozen_stats:
+            return scale, bias - mean * scale
+        return scale, torch.addcmul(bias, mean, scale, value=-1)
+
+    def coefficients(self, mean, var, params, count):
+        affine = self.running_affine(params)
+        if affine is None:
+            return super().coefficients(mean, var, params, count)
+        scale, shift = (t.to(mean.dtype).expand(mean.shape) for t in affine)
+        return scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """As :meth:`NormBase.forward`; a frozen plain BN computes ``x * scale + shift`` in
+        two roundings, exactly as torchvision's ``FrozenBatchNorm2d``."""
+        affine = self.running_affine() if self.frozen_stats else None
+        if affine is None:
+            return super().forward(x)
+        self.check_input(x)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale, shift = (t.to(x.dtype).reshape(shape) for t in affine)
+        return x * scale + shift
+
+    def start_from_bn(self) -> str:
+        """Nothing to do: BN computes what the BN it replaces computes (exact)."""
+        return "exact"
+
 
 class InstanceNorm(BatchStatistics, NormBase):
     """Instance normalization (Ulyanov et al. 2016): each (n, c) uses its own statistics.

@@ -239,6 +239,30 @@ class SwitchNorm(BatchStatistics, NormBase):
         self.mean_weight.requires_grad_(False)
         self.var_weight.requires_grad_(False)
 
+    @torch.no_grad()
+    def start_from_bn(self) -> str:
+        """Make the layer compute what the BN whose weights it holds computes: the BN
+        logits are set above the others and the ratios hardened to one-hot BN (exact:
+        the other statistics enter with weight 0). The ratios are then frozen, as after
+        :meth:`harden`; to learn them from there, set ``hard = False`` and
+        ``requires_grad_(True)`` on ``mean_weight``/``var_weight``: the soft ratios of
+        the logits set here (BN's 1, the others 0) are not BN-only, and no softmax point
+        is (BN's weight is ``1 / (1 + (K - 1) e^-d)`` for a logit gap ``d``).
+
+        Raises:
+            ValueError: when BN is not among ``normalizers``.
+        """
+        if "bn" not in self.normalizers:
+            raise ValueError(
+                f"{type(self).__name__} with normalizers={self.normalizers} cannot start as "
+                "BN; include 'bn' in normalizers"
+            )
+        for logits in (self.mean_weight, self.var_weight):
+            logits.zero_()
+            logits[self.normalizers.index("bn")] = 1.0
+        self.harden()
+        return "exact"
+
     def selected(self) -> tuple[str, str]:
         """The normalizers with the largest mean and variance ratios."""
         return (
