@@ -37,6 +37,7 @@ from normlab.functional.moments import (
     statistics_dtype,
     unit_rows,
 )
+from normlab.functional.tracing import plain_ops_required
 
 __all__ = [
     "AffineNormFunction",
@@ -263,7 +264,7 @@ def affine_norm(
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p is not None and p.requires_grad for p in params)
     )
-    if resolve_backend(backend) == "reference" or torch.compiler.is_compiling():
+    if resolve_backend(backend) == "reference" or plain_ops_required():
         return _reference(x, coef, with_mean, with_var, params)
     if not needs_grad:
         return _without_grad(x, coef, with_mean, with_var, params)

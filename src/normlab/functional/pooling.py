@@ -19,6 +19,14 @@ __all__ = [
 ]
 
 
+def _pool(
+    mean: torch.Tensor, var: torch.Tensor, dim: int | tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parallel-variance rule in plain differentiable ops (see :func:`pool_moments`)."""
+    pooled_mean = mean.mean(dim, keepdim=True)
+    return pooled_mean, (var + (mean - pooled_mean).square()).mean(dim, keepdim=True)
+
+
 class _PoolMoments(torch.autograd.Function):
     """:func:`pool_moments` with a hand-written backward that saves only ``mean`` and the
     pooled mean (the input ``var`` is not needed): with ``k`` groups pooled,
@@ -31,9 +39,7 @@ class _PoolMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mean, var, dim):
-        pooled_mean = mean.mean(dim, keepdim=True)
-        spread = (mean - pooled_mean).square_().add_(var)
-        pooled_var = spread.mean(dim, keepdim=True)
+        pooled_mean, pooled_var = _pool(mean, var, dim)
         ctx.groups = mean.numel() // pooled_mean.numel()
         ctx.save_for_backward(mean, pooled_mean)
         return pooled_mean, pooled_var
@@ -62,7 +68,12 @@ def pool_moments(
 
     Returns:
         ``(mean_pool, var_pool)`` with ``dim`` reduced to size 1.
+
+    Under ``torch.jit.trace`` (and so the TorchScript-based ONNX exporter), which would
+    record the custom autograd Function as an opaque Python op, the plain ops are traced.
     """
+    if torch.jit.is_tracing():
+        return _pool(mean, var, dim)
     return _PoolMoments.apply(mean, var, dim)
 
 

@@ -10,6 +10,7 @@ from normlab.norms.batch_instance import (
 from normlab.norms.batch_stats import BatchStatistics
 from normlab.norms.convert import ConversionReport, convert_norm, is_norm_layer
 from normlab.norms.freeze import freeze_norm, is_frozen, unfreeze_norm
+from normlab.norms.fuse import ChannelAffine, EvalNorm, fuse_for_inference
 from normlab.norms.iebn import IEBN, IEBN1d, IEBN2d, IEBN3d
 from normlab.norms.norm_act import NormAct, get_norm_act_layer, norm_act, norm_act_class
 from normlab.norms.registry import (
@@ -62,7 +63,9 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchStatistics",
+    "ChannelAffine",
     "ConversionReport",
+    "EvalNorm",
     "GroupNorm",
     "GroupNorm1d",
     "GroupNorm2d",
@@ -89,6 +92,7 @@ __all__ = [
     "convert_norm",
     "create_norm",
     "freeze_norm",
+    "fuse_for_inference",
     "get_norm_act_layer",
     "get_norm_layer",
     "is_frozen",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from normlab.functional import affine_norm
+from normlab.functional.tracing import fx_leaf, unscriptable
 
 __all__ = ["NormBase", "NormInputError"]
 
@@ -153,6 +154,15 @@ class NormBase(nn.Module):
                 "e.g. x.float()"
             )
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass's own ``forward`` is an FX leaf too (see :func:`fx_leaf`)."""
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = fx_leaf(cls.__dict__["forward"])
+
+    __prepare_scriptable__ = unscriptable  # a clear error from torch.jit.script
+
+    @fx_leaf
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if x.numel() == 0:  # an empty batch, as torch's norms allow
