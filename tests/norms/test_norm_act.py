@@ -213,8 +213,10 @@ def test_init_from_bn_refuses_norms_that_cannot_start_as_bn():
         cls = resolve_norm(name, 2)
         if hasattr(cls, "start_from_bn"):
             continue
+        model = nn.Sequential(trained_bn(), trained_bn())
         with pytest.raises(ValueError, match="cannot compute what a BatchNorm computes"):
-            normlab.convert_norm(trained_bn(), name, init="from_bn")
+            normlab.convert_norm(model, name, init="from_bn")
+        assert all(type(m) is nn.BatchNorm2d for m in model)  # nothing changed
     with pytest.raises(ValueError, match="init must be None or 'from_bn'"):
         normlab.convert_norm(trained_bn(), "bn", init="bn")
 

@@ -124,17 +124,19 @@ def _channels(old: nn.Module) -> int:
     return int(old.running_mean.shape[0])  # torchvision's FrozenBatchNorm2d
 
 
+def _from_bn_error(target: str, source: str = "a BatchNorm") -> ValueError:
+    able = [n for n in list_norms() if hasattr(resolve_norm(n, 2), "start_from_bn")]
+    return ValueError(
+        f"init='from_bn': {target} cannot compute what {source} computes (it needs batch "
+        f"statistics, or a BatchNorm source); norms that can: {', '.join(able)}"
+    )
+
+
 def _start_from_bn(new: nn.Module, old: nn.Module, kind: LayerKind) -> str:
     plain_bn = kind.family == "bn" or getattr(old, "is_plain", lambda: False)()
     start = getattr(new, "start_from_bn", None)
     if not plain_bn or start is None:
-        able = [n for n in list_norms() if hasattr(resolve_norm(n, 2), "start_from_bn")]
-        what = "a BatchNorm" if plain_bn else type(old).__name__
-        raise ValueError(
-            f"init='from_bn': {type(new).__name__} cannot compute what {what} computes "
-            f"(it needs batch statistics, or a BatchNorm source); norms that can: "
-            f"{', '.join(able)}"
-        )
+        raise _from_bn_error(type(new).__name__, "a BatchNorm" if plain_bn else type(old).__name__)
     return f"from_bn: {start()}"
 
 
@@ -276,6 +278,10 @@ def convert_norm(
         )
     if init not in (None, "from_bn"):
         raise ValueError(f"init must be None or 'from_bn', got {init!r}")
+    if init == "from_bn" and isinstance(norm, (str, type)):  # refuse before changing anything
+        target = resolve_norm(norm, 2) if isinstance(norm, str) else norm
+        if not hasattr(target, "start_from_bn"):
+            raise _from_bn_error(target.__name__)
     report = ConversionReport()
     probed: dict[int, int] = {}
     if example_inputs is not None:
