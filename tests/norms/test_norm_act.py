@@ -158,6 +158,9 @@ def test_sources_filters_and_report(caplog):
     _, report = normlab.convert_norm(mixed_model(), "gn", source=["gn", "in"], include="[23]",
                                      return_report=True)
     assert [n for n, *_ in report.converted] == ["2", "3"]
+    assert [normlab.norms.is_norm_layer(m) for m in mixed_model()] == [
+        False, True, False, False, False, False, False, True
+    ]
     with pytest.raises(ValueError, match="unknown source"):
         normlab.convert_norm(mixed_model(), "bn", source="ln")
 

@@ -83,7 +83,8 @@ class ConversionReport:
 
 def is_norm_layer(module: nn.Module) -> bool:
     """Whether :func:`convert_norm` converts ``module`` with the default ``source``."""
-    return isinstance(module, NormBase) or _kind(module) is not None
+    kind = _kind(module)
+    return kind is not None and kind.family in ("bn", "normlab")
 
 
 def _kind(module: nn.Module) -> LayerKind | None:
