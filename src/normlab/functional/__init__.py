@@ -26,6 +26,7 @@ from normlab.functional.pooling import (
     pool_moments,
     virtual_batch_moments,
 )
+from normlab.functional.replay import is_replaying, replaying
 
 __all__ = [
     "BACKENDS",
@@ -38,8 +39,10 @@ __all__ = [
     "group_moments",
     "instance_moments",
     "instance_moments_nograd",
+    "is_replaying",
     "layer_moments",
     "pool_moments",
+    "replaying",
     "resolve_backend",
     "set_backend",
     "spatial_dims",

@@ -12,6 +12,14 @@ evaluated on the per-(n, c) moments of ``x`` (DESIGN.md). Two backends:
   backward may run again), and writes ``dx = A*g + P*x + Q`` with
   ``P = 2*dvar/M`` and ``Q = dmean/M - P*mean`` (M = elements per (n, c)).
 
+Higher-order gradients: when the fused backward itself is to be differentiated
+(``torch.autograd.grad(..., create_graph=True)``, ``backward(create_graph=True)``), it
+recomputes the forward from the saved ``x`` and parameters with the plain ops of the
+reference backend, inside :func:`~normlab.functional.replaying` (so that running
+statistics do not move a second time), and differentiates that graph instead; the
+first-order backward is unchanged. Under a ``torch.func`` transform (``grad``, ``vmap``,
+``jacrev``, ...) the plain-ops path runs, as under ``torch.compile``.
+
 On CUDA, for contiguous float16/bfloat16/float32 inputs and when ``triton`` is importable,
 the fused backend's big-tensor passes (moments, ``A*x + B``, the backward sums and ``dx``)
 run as the Triton kernels of :mod:`normlab.functional.triton_kernels`
@@ -21,6 +29,7 @@ other case, and the reference backend, uses torch ops.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,6 +46,7 @@ from normlab.functional.moments import (
     statistics_dtype,
     unit_rows,
 )
+from normlab.functional.replay import replaying
 from normlab.functional.tracing import plain_ops_required
 
 __all__ = [
@@ -152,7 +162,12 @@ def _spatial_sums(
 class AffineNormFunction(torch.autograd.Function):
     """Fused forward/backward of ``A(mean, var, params) * x + B(mean, var, params)``.
 
-    Memory saved for backward: ``x`` plus (N, C) tensors, as for batch normalization.
+    Memory saved for backward: ``x`` plus (N, C) tensors, as for batch normalization (the
+    parameters are saved too, by reference, for a double backward).
+
+    Differentiable any number of times: a backward that runs with ``create_graph=True``
+    replays the forward (:func:`_replayed_backward`); a plain backward takes the fused
+    path below.
     """
 
     @staticmethod
@@ -168,14 +183,17 @@ class AffineNormFunction(torch.autograd.Function):
         ]
         with torch.enable_grad():
             scale, shift = coef(mean, var, *leaves)
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, *params)
         ctx.graph = (mean, var, leaves, scale, shift)
+        ctx.coef, ctx.with_mean = coef, with_mean
+        ctx.autocast = _autocast_state(x.device.type)
         return _affine(x, scale.detach(), shift.detach())
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _replayed_backward(ctx, grad_y)
+        x = ctx.saved_tensors[0]
         mean, var, leaves, scale, shift = ctx.graph
         dtype = scale.dtype
         s1, s2 = _spatial_sums(grad_y, x, dtype)
@@ -211,6 +229,83 @@ class AffineNormFunction(torch.autograd.Function):
         return (grad_x, None, None, None, *grad_params)
 
 
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype | None]:
+    """The autocast state of ``device_type`` (a replay runs under the forward's state)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return device_type, False, None
+    return (
+        device_type,
+        torch.is_autocast_enabled(device_type),
+        torch.get_autocast_dtype(device_type),
+    )
+
+
+def _pinned(value: torch.Tensor, recomputed: torch.Tensor) -> torch.Tensor:
+    """``value`` exactly, with the gradient (of any order) of ``recomputed``."""
+    return value.detach() + (recomputed - recomputed.detach())
+
+
+def _replayed_backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """The backward of :class:`AffineNormFunction` as a differentiable graph.
+
+    Recomputes the forward from the saved ``x`` and parameters with plain ops (the
+    reference backend's), under the forward's autocast state and inside
+    :func:`~normlab.functional.replaying`, so that the coefficient function leaves running
+    statistics and other buffers alone, then returns ``torch.autograd.grad`` of that graph
+    with ``create_graph=True``. The moments keep the forward's exact values (their
+    gradients come from the recomputation), so the replayed coefficients must equal the
+    forward's bit for bit; if they do not, the layer changed between forward and backward
+    (train/eval mode, running statistics, another attribute) and a RuntimeError says so,
+    as torch does for a saved tensor modified in place.
+
+    Cross-process statistics (``statistics_sync``) are gathered again in the replay: every
+    process must run this backward, as every process runs the forward.
+    """
+    x, *params = ctx.saved_tensors
+    mean, var, _, scale, shift = ctx.graph
+    device_type, autocast_enabled, autocast_dtype = ctx.autocast
+    autocast = (
+        torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_enabled)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast, replaying():
+        if ctx.with_mean:
+            moments = instance_moments(x, with_var=var is not None)
+            mean = _pinned(mean, moments[0])
+            var = None if var is None else _pinned(var, moments[1])
+        else:
+            mean = mean.detach()
+        replayed_scale, replayed_shift = ctx.coef(mean, var, *params)
+        if not all(
+            torch.allclose(a.detach(), b.detach(), rtol=0.0, atol=0.0, equal_nan=True)
+            for a, b in ((replayed_scale, scale), (replayed_shift, shift))
+        ):
+            raise RuntimeError(
+                "normlab: cannot differentiate a normalization twice after the layer "
+                "changed since its forward (train/eval mode, running statistics or another "
+                "attribute); run the backward with create_graph=True before changing it"
+            )
+        y = apply_affine(x, replayed_scale, replayed_shift)
+    needs = (ctx.needs_input_grad[0], *ctx.needs_input_grad[4:])
+    inputs = [t for t, need in zip((x, *params), needs) if need]
+    grads = iter(
+        torch.autograd.grad(y, inputs, grad_y, create_graph=True, allow_unused=True)
+    )
+    grad_x, *grad_params = [next(grads) if need else None for need in needs]
+    return (grad_x, None, None, None, *grad_params)
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) is active.
+
+    There a custom autograd Function needs ``setup_context`` and a vmap rule, and the fused
+    kernels' data-dependent branches and ``out=`` calls cannot be batched, so the plain
+    ops run instead. torch's own check, as ``torch.autograd.Function.apply`` makes it.
+    """
+    return torch._C._are_functorch_transforms_active()
+
+
 def _reference(x, coef, with_mean, with_var, params):
     mean, var = instance_moments(x, with_var=with_var) if with_mean else _skipped_moments(x)
     scale, shift = coef(mean, var, *params)
@@ -238,14 +333,20 @@ def affine_norm(
         x: input of shape (N, C) or (N, C, *).
         coef: ``coef(mean, var, *params) -> (A, B)``, both of shape (N, C); ``var`` is
             ``None`` when ``with_var`` is False. It may update buffers (running statistics)
-            as a side effect: it is called exactly once per forward.
+            as a side effect: it is called once per forward, and once more, inside
+            :func:`~normlab.functional.replaying`, by a double backward of the fused
+            backend; it must not update buffers while
+            :func:`~normlab.functional.is_replaying`.
         params: tensors (or ``None``) the coefficients depend on; gradients flow to them.
         with_var: whether ``coef`` needs the variance (e.g. not in BN eval).
         with_mean: whether ``coef`` reads the mean; when False (which needs ``with_var``
             False too) no pass over ``x`` computes moments and ``coef`` gets zeros for the
             mean.
         backend: ``"reference"``, ``"fused"`` or ``None`` for the global default. Under
-            ``torch.compile`` the plain-ops path is traced whatever the choice.
+            ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` the plain-ops path
+            is traced whatever the choice (:func:`~normlab.functional.tracing.
+            plain_ops_required`), and under ``torch.func`` transforms it runs whatever the
+            choice.
 
     Returns:
         ``A * x + B`` with ``x``'s shape and dtype.
@@ -264,7 +365,11 @@ def affine_norm(
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(p is not None and p.requires_grad for p in params)
     )
-    if resolve_backend(backend) == "reference" or plain_ops_required():
+    if (
+        resolve_backend(backend) == "reference"
+        or plain_ops_required()
+        or _functorch_active()
+    ):
         return _reference(x, coef, with_mean, with_var, params)
     if not needs_grad:
         return _without_grad(x, coef, with_mean, with_var, params)

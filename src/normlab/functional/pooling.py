@@ -70,9 +70,11 @@ def pool_moments(
         ``(mean_pool, var_pool)`` with ``dim`` reduced to size 1.
 
     Under ``torch.jit.trace`` (and so the TorchScript-based ONNX exporter), which would
-    record the custom autograd Function as an opaque Python op, the plain ops are traced.
+    record the custom autograd Function as an opaque Python op, the plain ops are traced;
+    under ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``), which take custom
+    Functions only with ``setup_context`` and a vmap rule, the plain ops run.
     """
-    if torch.jit.is_tracing():
+    if torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
         return _pool(mean, var, dim)
     return _PoolMoments.apply(mean, var, dim)
 
