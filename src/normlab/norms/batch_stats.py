@@ -20,7 +20,12 @@ import math
 import torch
 from torch import nn
 
-from normlab.functional import batch_moments, statistics_dtype, virtual_batch_moments
+from normlab.functional import (
+    batch_moments,
+    is_replaying,
+    statistics_dtype,
+    virtual_batch_moments,
+)
 
 __all__ = ["BatchStatistics", "add_sums", "pool_sums", "unbiased_variance"]
 
@@ -95,12 +100,14 @@ class BatchStatistics(nn.Module):
         return (self.training and not self.frozen_stats) or not self.track_running_stats
 
     def moves_running_stats(self) -> bool:
-        """Whether this forward moves the running statistics (training, tracked, enabled)."""
+        """Whether this forward moves the running statistics (training, tracked, enabled,
+        and not a replay of a forward for a double backward: :func:`is_replaying`)."""
         return (
             self.training
             and self.track_running_stats
             and self.update_running_stats
             and not self.frozen_stats
+            and not is_replaying()
         )
 
     def batch_statistics(
