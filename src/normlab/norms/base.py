@@ -15,6 +15,7 @@ Layers never subclass ``torch.nn.modules.batchnorm._BatchNorm`` (DESIGN.md).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 
 import torch
@@ -23,14 +24,30 @@ from torch import nn
 from normlab.functional import affine_norm
 from normlab.functional.tracing import fx_leaf, unscriptable
 
-__all__ = ["NormBase", "NormInputError"]
+__all__ = ["NormBase", "NormConfigError", "NormDtypeError", "NormInputError"]
 
 _INPUT_LAYOUT = {1: "(N, C) or (N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 _INPUT_NDIMS = {1: (2, 3), 2: (4,), 3: (5,)}
+_HALF = (torch.float16, torch.bfloat16)
+_ABSENT = object()
 
 
-class NormInputError(ValueError):
-    """An input a normalization layer cannot normalize (shape, channels or dtype)."""
+class NormInputError(ValueError, RuntimeError):
+    """An input a normalization layer cannot normalize (shape, channels or dtype).
+
+    It is both a ``ValueError`` and a ``RuntimeError``, so that code catching what torch's
+    norms raise for the same misuse catches it (torch raises ValueError for a wrong number
+    of dimensions, RuntimeError for a wrong channel count or mixed dtypes).
+    """
+
+
+class NormDtypeError(NormInputError, NotImplementedError):
+    """A non-floating-point input; also the ``NotImplementedError`` torch's norms raise."""
+
+
+class NormConfigError(ValueError, RuntimeError):
+    """A constructor argument torch's norms reject too (e.g. a negative channel count);
+    also the ``RuntimeError`` torch raises for it."""
 
 
 class NormBase(nn.Module):
@@ -40,7 +57,14 @@ class NormBase(nn.Module):
         num_features: C, the number of channels.
         eps: added to variances before the square root.
         affine: learn a per-channel scale ``weight`` (init 1) and shift ``bias`` (init 0).
+        bias: with ``affine``, False keeps ``weight`` only (as torch's ``bias=False``).
+        device, dtype: where and in which floating dtype parameters and buffers are made
+            (torch's factory keyword arguments; ``num_batches_tracked`` stays long).
         backend: ``"reference"``, ``"fused"`` or ``None`` for the global default.
+
+    As in torch, an input's channel count must equal C only when the layer holds
+    per-channel tensors (affine parameters, running statistics, gates); its dtype must
+    equal the layer's, or be float16/bfloat16 for a float32 layer (mixed precision).
 
     Attributes:
         noise: ``None`` or ``(Na, Nb)``: the IEBN paper's constant-noise attack (Eqn. 11),
@@ -58,22 +82,53 @@ class NormBase(nn.Module):
         eps: float = 1e-5,
         affine: bool = True,
         *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        if int(num_features) <= 0:
-            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
-        self.num_features = int(num_features)
+        self.num_features = operator.index(num_features)
+        if self.num_features < 0:
+            raise NormConfigError(f"num_features must be >= 0, got {num_features!r}")
         self.eps = float(eps)
         self.affine = bool(affine)
         self.backend = backend
         self.noise: tuple[float, float] | None = None
         if self.affine:
-            self.weight = nn.Parameter(torch.ones(self.num_features))
-            self.bias = nn.Parameter(torch.zeros(self.num_features))
+            self.weight = nn.Parameter(self.new_channel_tensor(1.0, device, dtype))
+            self.bias = (
+                nn.Parameter(self.new_channel_tensor(0.0, device, dtype)) if bias else None
+            )
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+
+    def new_channel_tensor(
+        self,
+        value: float,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+        size: int | None = None,
+    ) -> torch.Tensor:
+        """A (C,) (or ``(size,)``) tensor filled with ``value``, made with torch's factory
+        keyword arguments ``device`` and ``dtype``."""
+        shape = (self.num_features if size is None else size,)
+        return torch.full(shape, value, device=device, dtype=dtype)
+
+    def reset_running_stats(self) -> None:
+        """Zero the step counter and reset the running statistics; nothing for layers
+        without them (overridden by :class:`~normlab.norms.BatchStatistics`)."""
+
+    def reset_parameters(self) -> None:
+        """Re-initialize everything the layer learns or tracks (as torch's norms do):
+        running statistics, ``weight`` 1, ``bias`` 0; subclasses add their own."""
+        self.reset_running_stats()
+        with torch.no_grad():
+            if self.weight is not None:
+                self.weight.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
 
     def normalizer(
         self,
@@ -134,24 +189,57 @@ class NormBase(nn.Module):
             shift = shift + beta
         return scale.expand(mean.shape), shift.expand(mean.shape)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`NormInputError` for a shape, channel count or dtype it cannot take."""
+    def input_ndims(self) -> tuple[int, ...] | None:
+        """The numbers of input dimensions the layer takes (``None``: any from 2 on)."""
+        return _INPUT_NDIMS[self.dim]
+
+    def holds_channel_state(self) -> bool:
+        """Whether a parameter or buffer has one entry per channel; only then must an
+        input have exactly C channels (torch's affine-free, untracked norms take any)."""
+        tensors = (*self._parameters.values(), *self._buffers.values())
+        return any(t is not None and t.shape[:1] == (self.num_features,) for t in tensors)
+
+    def state_dtype(self) -> torch.dtype | None:
+        """The floating dtype of the layer's parameters and buffers (``None`` if it has none)."""
+        for t in (*self._parameters.values(), *self._buffers.values()):
+            if t is not None and t.is_floating_point():
+                return t.dtype
+        return None
+
+    def check_input(self, x: torch.Tensor, channel_dim: int = 1) -> None:
+        """Raise :class:`NormInputError` for a shape, channel count or dtype it cannot take
+        (where torch's norms raise too, with an exception of the same type)."""
         name = type(self).__name__
-        if x.dim() not in _INPUT_NDIMS[self.dim]:
+        ndims = self.input_ndims()
+        if (x.dim() < 2) if ndims is None else (x.dim() not in ndims):
+            shapes = "2D or larger" if ndims is None else " or ".join(f"{d}D" for d in ndims)
+            layout = "(N, C, *)" if ndims is None else _INPUT_LAYOUT.get(self.dim, "")
             raise NormInputError(
-                f"{name} expected a {' or '.join(f'{d}D' for d in _INPUT_NDIMS[self.dim])} "
-                f"input {_INPUT_LAYOUT[self.dim]}, got a {x.dim()}D input of shape "
+                f"{name} expected a {shapes} input {layout}, got a {x.dim()}D input of shape "
                 f"{tuple(x.shape)}"
             )
-        if x.shape[1] != self.num_features:
-            raise NormInputError(
-                f"{name} expected {self.num_features} channels (dim 1), got {x.shape[1]} "
-                f"in an input of shape {tuple(x.shape)}"
-            )
+        if x.shape[channel_dim] != self.num_features:
+            self.check_channels(x, channel_dim)
         if not x.is_floating_point():
-            raise NormInputError(
+            raise NormDtypeError(
                 f"{name} expected a floating-point input, got {x.dtype}; convert it first, "
                 "e.g. x.float()"
+            )
+        dtype = self.state_dtype()
+        if dtype not in (None, x.dtype) and not (dtype == torch.float32 and x.dtype in _HALF):
+            raise NormInputError(
+                f"{name} has {dtype} parameters and got a {x.dtype} input; convert one of "
+                f"them (e.g. layer.to({x.dtype})), as torch's norms need"
+            )
+
+    def check_channels(self, x: torch.Tensor, channel_dim: int) -> None:
+        """Called when ``x`` does not have C channels: an error when the layer holds
+        per-channel tensors, else nothing (subclasses may warn)."""
+        if self.holds_channel_state():
+            raise NormInputError(
+                f"{type(self).__name__} expected {self.num_features} channels "
+                f"(dim {channel_dim}), got {x.shape[channel_dim]} in an input of shape "
+                f"{tuple(x.shape)}"
             )
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -194,7 +282,18 @@ class NormBase(nn.Module):
         """Project parameters back onto their constraint set after an optimizer step."""
 
     def extra_repr(self) -> str:
-        text = f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+        """torch's format (``C, eps=..., momentum=..., affine=..., bias=...,
+        track_running_stats=...``, each field the layer has) plus normlab's own settings."""
+        fields = {
+            "eps": self.eps,
+            "momentum": self.__dict__.get("momentum", _ABSENT),
+            "affine": self.affine,
+            "bias": self.bias is not None,
+            "track_running_stats": self.__dict__.get("track_running_stats", _ABSENT),
+        }
+        text = ", ".join(
+            [str(self.num_features)] + [f"{k}={v}" for k, v in fields.items() if v is not _ABSENT]
+        )
         if self.noise is not None:
             text += f", noise={self.noise}"
         return text

@@ -26,8 +26,8 @@ class BatchInstanceNorm(BatchNorm):
     """Batch-Instance Normalization: :class:`BatchNorm` mixed with instance normalization.
 
     Args:
-        num_features, eps, momentum, affine, track_running_stats, virtual_batch_size:
-            as for BatchNorm.
+        num_features, eps, momentum, affine, track_running_stats, bias, device, dtype,
+        virtual_batch_size: as for BatchNorm (its BN part follows torch's BatchNorm).
         gate_init: initial rho (the paper uses 1, i.e. start as BN).
 
     Parameters:
@@ -47,15 +47,25 @@ class BatchInstanceNorm(BatchNorm):
         affine: bool = True,
         track_running_stats: bool = True,
         *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         gate_init: float = 1.0,
         virtual_batch_size: int | None = None,
         backend: str | None = None,
     ) -> None:
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats,
-            virtual_batch_size=virtual_batch_size, backend=backend,
+            num_features, eps, momentum, affine, track_running_stats, bias=bias,
+            device=device, dtype=dtype, virtual_batch_size=virtual_batch_size, backend=backend,
         )
-        self.gate = nn.Parameter(torch.full((num_features,), float(gate_init)))
+        self.gate_init = float(gate_init)
+        self.gate = nn.Parameter(self.new_channel_tensor(self.gate_init, device, dtype))
+
+    def reset_parameters(self) -> None:
+        """BatchNorm's reset, and rho back to ``gate_init``."""
+        super().reset_parameters()
+        with torch.no_grad():
+            self.gate.fill_(self.gate_init)
 
     def coefficient_params(self):
         return {**super().coefficient_params(), "gate": self.gate}
@@ -71,7 +81,7 @@ class BatchInstanceNorm(BatchNorm):
     def normalizer(self, mean, var, params, count):
         rho = params["gate"]
         batch_scale, batch_shift = super().normalizer(mean, var, params, count)
-        check_instance_statistics(self, count)
+        check_instance_statistics(self, count, self.training)
         instance_scale, instance_shift = standardize(mean, var, self.eps)
         return (
             rho * batch_scale + (1 - rho) * instance_scale,

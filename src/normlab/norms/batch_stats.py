@@ -61,6 +61,7 @@ class BatchStatistics(nn.Module):
 
     pools_batch = True
     frozen_stats = False  # set by normlab.freeze_norm: running statistics in training too
+    _version = 2  # as torch's _NormBase: version 2 added num_batches_tracked
 
     def init_batch_statistics(
         self,
@@ -68,6 +69,9 @@ class BatchStatistics(nn.Module):
         momentum: float | None,
         track_running_stats: bool,
         virtual_batch_size: int | None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         if virtual_batch_size is not None and int(virtual_batch_size) < 1:
             raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
@@ -79,25 +83,31 @@ class BatchStatistics(nn.Module):
         self.summed_weight = None
         self.statistics_sync = None
         if self.track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features))
-            self.register_buffer("running_var", torch.ones(num_features))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+            options = {"device": device, "dtype": dtype}
+            self.register_buffer("running_mean", torch.zeros(num_features, **options))
+            self.register_buffer("running_var", torch.ones(num_features, **options))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
 
     def reset_running_stats(self) -> None:
-        """Running mean 0, running variance 1, no batches tracked."""
-        if self.track_running_stats:
+        """Running mean 0, running variance 1, no batches tracked (when tracked, as torch)."""
+        if self.track_running_stats and self.running_mean is not None:
             self.running_mean.zero_()
             self.running_var.fill_(1.0)
             self.num_batches_tracked.zero_()
 
     def uses_batch_statistics(self) -> bool:
-        """Whether the BN part pools the current batch (training, or no running stats); a
-        layer frozen by :func:`normlab.freeze_norm` uses its running ones in training too."""
-        return (self.training and not self.frozen_stats) or not self.track_running_stats
+        """Whether the BN part pools the current batch: in training, and in eval when the
+        layer has no running-statistics buffers. As in torch, the buffers decide, not the
+        flag: a layer built with them and switched to ``track_running_stats=False`` still
+        normalizes with them in eval. A layer frozen by :func:`normlab.freeze_norm` uses
+        them in training too."""
+        return (self.training and not self.frozen_stats) or self.running_mean is None
 
     def moves_running_stats(self) -> bool:
         """Whether this forward moves the running statistics (training, tracked, enabled,
@@ -105,9 +115,51 @@ class BatchStatistics(nn.Module):
         return (
             self.training
             and self.track_running_stats
+            and self.running_mean is not None
             and self.update_running_stats
             and not self.frozen_stats
             and not is_replaying()
+        )
+
+    def step_factor(self) -> float | torch.Tensor:
+        """Count a training step in ``num_batches_tracked`` and return the new batch's
+        weight in the running statistics: ``momentum``, or ``1 / num_batches_tracked``
+        (cumulative average) when ``momentum`` is None -- torch's BatchNorm."""
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            return 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
+        return self.momentum
+
+    def check_eps(self) -> None:
+        """torch's batch-norm rule: ``eps`` must be positive when normalizing with batch
+        statistics and non-negative with running ones (``ValueError``, at forward time)."""
+        if self.uses_batch_statistics():
+            if self.eps <= 0:
+                raise ValueError(
+                    f"{type(self).__name__}: batch_norm eps must be positive during "
+                    f"training, but got {self.eps}"
+                )
+        elif self.eps < 0:
+            raise ValueError(
+                f"{type(self).__name__}: batch_norm eps must be non-negative, but got {self.eps}"
+            )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+        error_msgs,
+    ):
+        """Load version-1 checkpoints (before ``num_batches_tracked``) as torch does: a
+        missing counter keeps the layer's own (or 0)."""
+        key = prefix + "num_batches_tracked"
+        version = local_metadata.get("version", None)
+        if (version is None or version < 2) and self.track_running_stats:
+            if key not in state_dict:
+                counter = self.num_batches_tracked
+                usable = counter is not None and counter.device != torch.device("meta")
+                state_dict[key] = counter if usable else torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+            error_msgs,
         )
 
     def batch_statistics(
@@ -120,6 +172,7 @@ class BatchStatistics(nn.Module):
                 statistics.
             count: elements behind each (n, c) pair (M).
         """
+        self.check_eps()
         if not self.uses_batch_statistics():
             return (
                 self.running_mean.to(mean.dtype).unsqueeze(0),
@@ -158,7 +211,11 @@ class BatchStatistics(nn.Module):
         other processes' all-gather (and, in backward, its all-reduce) needs every process,
         and the running statistics move here as they do there."""
         y = super().empty_forward(x)
+        if self.pools_batch:
+            self.check_eps()
         if self.statistics_sync is None or not self.uses_batch_statistics():
+            if self.pools_batch and self.moves_running_stats():
+                self.step_factor()  # torch counts an empty training batch, moving nothing
             return y
         count = math.prod(x.shape[2:])
         nothing = x.new_zeros((1, self.num_features), dtype=statistics_dtype(x))
@@ -196,7 +253,7 @@ class BatchStatistics(nn.Module):
         """Move (or, when :attr:`sums_running_stats`, add to) the running statistics;
         ``group`` samples stand behind each pooled row (a tensor when they were counted
         across processes)."""
-        self.num_batches_tracked.add_(1)
+        factor = self.step_factor()
         values = _values_per_row(batch_mean.shape[0], group, count, batch_var)
         if batch_mean.shape[0] > 1:
             batch_mean, batch_var, values = batch_mean[::group], batch_var[::group], values[::group]
@@ -209,10 +266,6 @@ class BatchStatistics(nn.Module):
             if self.summed_weight is not None:
                 self.summed_weight = self.summed_weight + weight.sum()
             return
-        if self.momentum is None:
-            factor = 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
-        else:
-            factor = self.momentum
         running_var = self.running_variance(batch_var, values).mean(0)
         self.running_mean.lerp_(batch_mean.mean(0).to(self.running_mean.dtype), factor)
         self.running_var.lerp_(running_var.to(self.running_var.dtype), factor)

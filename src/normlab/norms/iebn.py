@@ -68,7 +68,8 @@ class IEBN(BatchNorm):
 
     Args:
         num_features: C.
-        eps, momentum, affine, track_running_stats, virtual_batch_size: as for BatchNorm.
+        eps, momentum, affine, track_running_stats, bias, device, dtype, virtual_batch_size:
+            as for BatchNorm (its BN part follows torch's BatchNorm).
         operator: how the squeezed mean becomes the gate's logit (IEBN Table 4 left):
             ``"linear"`` (default, ``gamma_hat * m + beta_hat`` per channel), ``"identity"``
             (``m``, no parameters) or ``"fc"`` (FC-ReLU-FC across channels, SE-like).
@@ -108,6 +109,9 @@ class IEBN(BatchNorm):
         affine: bool = True,
         track_running_stats: bool = True,
         *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         operator: str = "linear",
         reduction: int = 16,
         position: str = "gamma",
@@ -117,22 +121,38 @@ class IEBN(BatchNorm):
         backend: str | None = None,
     ) -> None:
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats,
-            virtual_batch_size=virtual_batch_size, backend=backend,
+            num_features, eps, momentum, affine, track_running_stats, bias=bias,
+            device=device, dtype=dtype, virtual_batch_size=virtual_batch_size, backend=backend,
         )
         self.operator = _choice(operator, OPERATORS, "operator")
         self.position = _choice(position, POSITIONS, "position")
         self.activation = _choice(activation, ACTIVATIONS, "activation")
         self.gate_init = (float(gate_init[0]), float(gate_init[1]))
+        options = {"device": device, "dtype": dtype}
         if self.operator == "linear":
-            self.gate_weight = nn.Parameter(torch.full((num_features,), self.gate_init[0]))
-            self.gate_bias = nn.Parameter(torch.full((num_features,), self.gate_init[1]))
+            self.gate_weight = nn.Parameter(torch.empty(num_features, **options))
+            self.gate_bias = nn.Parameter(torch.empty(num_features, **options))
         elif self.operator == "fc":
             hidden = max(num_features // int(reduction), 1)
-            self.gate_fc1_weight = nn.Parameter(torch.empty(hidden, num_features))
-            self.gate_fc1_bias = nn.Parameter(torch.empty(hidden))
-            self.gate_fc2_weight = nn.Parameter(torch.empty(num_features, hidden))
-            self.gate_fc2_bias = nn.Parameter(torch.empty(num_features))
+            self.gate_fc1_weight = nn.Parameter(torch.empty(hidden, num_features, **options))
+            self.gate_fc1_bias = nn.Parameter(torch.empty(hidden, **options))
+            self.gate_fc2_weight = nn.Parameter(torch.empty(num_features, hidden, **options))
+            self.gate_fc2_bias = nn.Parameter(torch.empty(num_features, **options))
+        self.reset_gate()
+
+    def reset_parameters(self) -> None:
+        """BatchNorm's reset, and the gate's parameters back to their initial values."""
+        super().reset_parameters()
+        self.reset_gate()
+
+    @torch.no_grad()
+    def reset_gate(self) -> None:
+        """``(gamma_hat, beta_hat) = gate_init`` (linear operator) or nn.Linear's default
+        initialization (fc operator)."""
+        if self.operator == "linear":
+            self.gate_weight.fill_(self.gate_init[0])
+            self.gate_bias.fill_(self.gate_init[1])
+        elif self.operator == "fc":
             self._init_fc()
 
     def _init_fc(self) -> None:
@@ -196,7 +216,6 @@ class IEBN(BatchNorm):
         else:
             mean = x.to(statistics_dtype(x))
         return self.gate(mean, self.coefficient_params())
-
 
     @torch.no_grad()
     def start_from_bn(self) -> str:

@@ -7,11 +7,13 @@ Each is one statistics choice over the per-(n, c) moments, with
 from __future__ import annotations
 
 import math
+import operator
+import warnings
 
 import torch
 
-from normlab.functional import group_moments, layer_moments
-from normlab.norms.base import NormBase
+from normlab.functional import group_moments, is_replaying, layer_moments
+from normlab.norms.base import NormBase, NormConfigError, NormInputError
 from normlab.norms.batch_stats import BatchStatistics
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "LayerNorm1d",
     "LayerNorm2d",
     "LayerNorm3d",
+    "NumGroupsError",
     "standardize",
 ]
 
@@ -43,20 +46,34 @@ def standardize(
     return scale, -(mean * scale)
 
 
-def check_instance_statistics(layer: NormBase, count: int) -> None:
-    """In training, instance statistics need more than one element per (n, c) (as torch)."""
-    if layer.training and count <= 1:
+def check_instance_statistics(layer: NormBase, count: int, uses_input: bool) -> None:
+    """Instance statistics of the input need more than one element per (n, c) (torch's
+    "Expected more than 1 spatial element when training", also in eval without running
+    statistics)."""
+    if uses_input and count <= 1:
         raise ValueError(
-            f"{type(layer).__name__}: instance statistics need more than 1 spatial element "
-            "per channel, got 1; feed an (N, C, L) or larger input, or use bn/ln/gn"
+            f"{type(layer).__name__}: expected more than 1 spatial element when training "
+            "(instance statistics of the input), got 1; feed an (N, C, L) or larger input, "
+            "or use bn/ln/gn"
         )
+
+
+class NumGroupsError(NormConfigError, ZeroDivisionError):
+    """``num_groups`` that is not a positive divisor of C. Also a ``ZeroDivisionError`` and
+    a ``RuntimeError``: torch's GroupNorm raises those for 0 groups (at construction) and
+    negative ones (at the first forward); ValueError for a non-divisor."""
 
 
 class BatchNorm(BatchStatistics, NormBase):
     """Batch normalization (Ioffe & Szegedy 2015) on the shared core.
 
-    Equals :class:`torch.nn.BatchNorm2d` (same parameters, buffers and momentum semantics)
-    and adds ``virtual_batch_size`` and the constant-noise attack.
+    Equals :class:`torch.nn.BatchNorm1d/2d/3d`: the same arguments (``bias=False`` keeps
+    ``weight`` only; ``device``/``dtype`` factory arguments), parameters, buffers and
+    state-dict version, the same momentum semantics (``None``: cumulative average over
+    ``num_batches_tracked``, which counts every training forward, empty ones included),
+    the same checks (``eps`` > 0 with batch statistics, more than one value per channel)
+    and exception types; the running buffers, not the ``track_running_stats`` flag, decide
+    what eval normalizes with. Adds ``virtual_batch_size`` and the constant-noise attack.
 
     Shape:
         - input: (N, C, *) as for the matching torch layer; output: same.
@@ -70,12 +87,18 @@ class BatchNorm(BatchStatistics, NormBase):
         affine: bool = True,
         track_running_stats: bool = True,
         *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         virtual_batch_size: int | None = None,
         backend: str | None = None,
     ) -> None:
-        super().__init__(num_features, eps, affine, backend=backend)
+        super().__init__(
+            num_features, eps, affine, bias=bias, device=device, dtype=dtype, backend=backend
+        )
         self.init_batch_statistics(
-            num_features, momentum, track_running_stats, virtual_batch_size
+            num_features, momentum, track_running_stats, virtual_batch_size,
+            device=device, dtype=dtype,
         )
 
     def needs_variance(self) -> bool:
@@ -113,6 +136,7 @@ class BatchNorm(BatchStatistics, NormBase):
         """
         if self.uses_batch_statistics() or not self.is_plain():
             return None
+        self.check_eps()
         params = self.coefficient_params() if params is None else params
         weight, bias = params.get("weight"), params.get("bias")
         scale = torch.rsqrt(self.running_var + self.eps)
@@ -151,10 +175,16 @@ class BatchNorm(BatchStatistics, NormBase):
 class InstanceNorm(BatchStatistics, NormBase):
     """Instance normalization (Ulyanov et al. 2016): each (n, c) uses its own statistics.
 
-    Unlike torch's InstanceNorm, ``affine`` defaults to True so that it drops into a
-    network in place of BN. With ``track_running_stats=True`` it keeps running averages
-    of the instance statistics (batch average of the means and of the unbiased variances,
-    as torch does) and uses them in eval.
+    Follows :class:`torch.nn.InstanceNorm1d/2d/3d` in everything but one deliberate
+    default: ``affine`` is True, so that it drops into a network in place of BN (pass
+    ``affine=False`` for torch's default). As torch's: unbatched inputs ``(C, L)``,
+    ``(C, H, W)``, ``(C, D, H, W)`` are taken; it normalizes with the input's statistics
+    in training and whenever ``track_running_stats`` is False, and then moves existing
+    running buffers towards the batch average of the means and of the unbiased variances
+    with weight ``momentum`` (``None`` counts as 0 and ``num_batches_tracked`` is never
+    advanced, as torch's ``instance_norm`` does); in eval with ``track_running_stats`` it
+    uses the running buffers. Without per-channel tensors it takes any channel count, with
+    torch's warning.
     """
 
     pools_batch = False
@@ -167,10 +197,76 @@ class InstanceNorm(BatchStatistics, NormBase):
         affine: bool = True,
         track_running_stats: bool = False,
         *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         backend: str | None = None,
     ) -> None:
-        super().__init__(num_features, eps, affine, backend=backend)
-        self.init_batch_statistics(num_features, momentum, track_running_stats, None)
+        super().__init__(
+            num_features, eps, affine, bias=bias, device=device, dtype=dtype, backend=backend
+        )
+        self.init_batch_statistics(
+            num_features, momentum, track_running_stats, None, device=device, dtype=dtype
+        )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+        error_msgs,
+    ):
+        """torch's rule for checkpoints without a version: running statistics given to a
+        layer that does not track them are an error (and are dropped)."""
+        keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
+        if local_metadata.get("version", None) is None and not self.track_running_stats and keys:
+            error_msgs.append(
+                f"Unexpected running stats buffer(s) {' and '.join(map(repr, keys))} for "
+                f"{type(self).__name__} with track_running_stats=False; remove these keys "
+                "from state_dict, or build the layer with track_running_stats=True"
+            )
+            for key in keys:
+                state_dict.pop(key)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+            error_msgs,
+        )
+
+    def input_ndims(self) -> tuple[int, ...]:
+        """Unbatched (C, *) or batched (N, C, *) inputs, as torch's InstanceNorm."""
+        return (self.dim + 1, self.dim + 2)
+
+    def uses_batch_statistics(self) -> bool:
+        """Whether it normalizes with the input's own statistics (torch's
+        ``use_input_stats = training or not track_running_stats``); not when frozen by
+        :func:`normlab.freeze_norm`."""
+        return (self.training and not self.frozen_stats) or not self.track_running_stats
+
+    def moves_running_stats(self) -> bool:
+        """torch's ``instance_norm`` moves the buffers, when there are any, whenever it
+        uses the input's statistics (also in eval with ``track_running_stats`` switched
+        off after construction)."""
+        return (
+            self.uses_batch_statistics()
+            and self.running_mean is not None
+            and self.update_running_stats
+            and not is_replaying()
+        )
+
+    def step_factor(self) -> float:
+        """``momentum`` (``None``: 0); ``num_batches_tracked`` is not advanced (torch)."""
+        return 0.0 if self.momentum is None else self.momentum
+
+    def check_channels(self, x: torch.Tensor, channel_dim: int) -> None:
+        super().check_channels(x, channel_dim)
+        warnings.warn(
+            f"input's size at dim={channel_dim} does not match num_features. You can "
+            "silence this warning by not passing in num_features, which is not used "
+            "because affine=False",
+            stacklevel=4,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == self.dim + 1:  # unbatched (C, *), as torch's InstanceNorm
+            return super().forward(x.unsqueeze(0)).squeeze(0)
+        return super().forward(x)
 
     def needs_variance(self) -> bool:
         return self.uses_batch_statistics()
@@ -180,28 +276,75 @@ class InstanceNorm(BatchStatistics, NormBase):
 
     def normalizer(self, mean, var, params, count):
         if not self.uses_batch_statistics():
+            if self.running_mean is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}: expected running_mean and running_var to be "
+                    "defined when use_input_stats is false (track_running_stats=True was "
+                    "set after construction without buffers)"
+                )
             return standardize(
                 self.running_mean.to(mean.dtype), self.running_var.to(mean.dtype), self.eps
             )
-        check_instance_statistics(self, count)
+        check_instance_statistics(self, count, True)
         if self.moves_running_stats():
             self._update_running_stats(mean, var, 1, count)
         return standardize(mean, var, self.eps)
 
 
-class LayerNorm(NormBase):
+class ChannelGroupNorm(NormBase):
+    """What LN and GN share with their torch twin :class:`torch.nn.GroupNorm`: any input
+    of shape (N, C, *) whatever the layer's ``dim`` (which only names its registry form),
+    channels divisible by ``num_groups``, torch's ValueError when a group's statistics
+    would come from one value in a batch of one (N * C / G * M = 1, in training and eval),
+    and torch's attribute name ``num_channels``."""
+
+    num_groups: int = 1
+
+    @property
+    def num_channels(self) -> int:
+        """C, under torch's GroupNorm name."""
+        return self.num_features
+
+    def input_ndims(self) -> None:
+        return None
+
+    def check_input(self, x: torch.Tensor, channel_dim: int = 1) -> None:
+        super().check_input(x, channel_dim)
+        n, c = x.shape[:2]
+        if n * c // self.num_groups * math.prod(x.shape[2:]) == 1:
+            raise ValueError(
+                f"{type(self).__name__}: expected more than 1 value per channel when "
+                f"training, got input size {tuple(x.shape)} (one value per group in a "
+                "batch of one, as torch's GroupNorm refuses)"
+            )
+
+    def check_channels(self, x: torch.Tensor, channel_dim: int) -> None:
+        super().check_channels(x, channel_dim)
+        if x.shape[channel_dim] % self.num_groups:
+            raise NormInputError(
+                f"{type(self).__name__} expected a number of channels divisible by "
+                f"num_groups={self.num_groups}, got an input of shape {tuple(x.shape)}"
+            )
+
+
+class LayerNorm(ChannelGroupNorm):
     """Layer normalization (Ba et al. 2016) over (C, *) with a per-channel affine.
 
     Each sample is normalized with the statistics of all its channels and positions; the
-    scale and shift are per channel (so ``GroupNorm(num_groups=1)`` equals it).
+    scale and shift are per channel, so it equals ``torch.nn.GroupNorm(1, C)`` (its torch
+    twin, with the same arguments after C), not ``torch.nn.LayerNorm`` over the last axes.
     """
 
     def normalizer(self, mean, var, params, count):
         return standardize(*layer_moments(mean, var), self.eps)
 
 
-class GroupNorm(NormBase):
+class GroupNorm(ChannelGroupNorm):
     """Group normalization (Wu & He 2018): statistics over groups of consecutive channels.
+
+    As :class:`torch.nn.GroupNorm` (arguments, checks, exception types, any (N, C, *)
+    input), except for the argument order: C comes first, as for every normlab norm
+    (``create_norm(name, C)``), and ``num_groups`` second.
 
     Args:
         num_groups: number of groups; must divide C. ``None`` (default) takes 32 groups
@@ -216,9 +359,14 @@ class GroupNorm(NormBase):
         eps: float = 1e-5,
         affine: bool = True,
         *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         backend: str | None = None,
     ) -> None:
-        super().__init__(num_features, eps, affine, backend=backend)
+        super().__init__(
+            num_features, eps, affine, bias=bias, device=device, dtype=dtype, backend=backend
+        )
         self.num_groups = default_num_groups(self.num_features, num_groups)
 
     def normalizer(self, mean, var, params, count):
@@ -232,8 +380,8 @@ def default_num_groups(num_features: int, num_groups: int | None) -> int:
     """``num_groups``, checked to divide C; ``None`` gives ``gcd(32, C)``."""
     if num_groups is None:
         return math.gcd(32, num_features)
-    if num_groups < 1 or num_features % num_groups:
-        raise ValueError(
+    if operator.index(num_groups) < 1 or num_features % num_groups:
+        raise NumGroupsError(
             f"num_groups must be a positive divisor of the {num_features} channels, "
             f"got {num_groups}"
         )

@@ -55,9 +55,9 @@ class SwitchNorm(BatchStatistics, NormBase):
 
     Args:
         num_features: C.
-        eps, momentum, track_running_stats, virtual_batch_size: as for BatchNorm (the BN
-            part); ``momentum`` uses PyTorch's convention (the authors' ``m`` is
-            ``1 - momentum``).
+        eps, momentum, affine, track_running_stats, bias, device, dtype,
+            virtual_batch_size: as for BatchNorm (the BN part follows torch's BatchNorm);
+            ``momentum`` uses PyTorch's convention (the authors' ``m`` is ``1 - momentum``).
         normalizers: which statistics to mix, from ``in``, ``ln``, ``bn``, ``gn``; the
             logits follow that canonical order. Default ``(in, ln, bn)``; for the 1d layer
             ``(ln, bn)`` (IN is undefined on (N, C) input), as in the authors'
@@ -107,6 +107,9 @@ class SwitchNorm(BatchStatistics, NormBase):
         affine: bool = True,
         track_running_stats: bool = True,
         *,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         normalizers: tuple[str, ...] | None = None,
         using_bn: bool = True,
         using_moving_average: bool = True,
@@ -119,13 +122,17 @@ class SwitchNorm(BatchStatistics, NormBase):
     ) -> None:
         if semantics not in SEMANTICS:
             raise ValueError(f"SwitchNorm semantics must be one of {SEMANTICS}, got {semantics!r}")
-        super().__init__(num_features, eps, affine, backend=backend)
+        super().__init__(
+            num_features, eps, affine, bias=bias, device=device, dtype=dtype, backend=backend
+        )
         self.normalizers = _canonical(normalizers, using_bn, self.dim)
         self.init_batch_statistics(
             num_features,
             momentum,
             track_running_stats and "bn" in self.normalizers,
             virtual_batch_size,
+            device=device,
+            dtype=dtype,
         )
         self.semantics = semantics
         self.update_running_stats = bool(using_moving_average) or semantics == "authors"
@@ -138,10 +145,21 @@ class SwitchNorm(BatchStatistics, NormBase):
         )
         self.unbiased_instance_var = bool(unbiased_instance_var) or semantics == "authors"
         self.hard = False
-        self.mean_weight = nn.Parameter(torch.ones(len(self.normalizers)))
-        self.var_weight = nn.Parameter(torch.ones(len(self.normalizers)))
+        logits = len(self.normalizers)
+        self.mean_weight = nn.Parameter(self.new_channel_tensor(1.0, device, dtype, logits))
+        self.var_weight = nn.Parameter(self.new_channel_tensor(1.0, device, dtype, logits))
         if self.affine and self.last_gamma:
             nn.init.zeros_(self.weight)
+
+    def reset_parameters(self) -> None:
+        """BatchNorm's reset, the ratio logits back to 1 and, with ``last_gamma``,
+        ``weight`` back to 0."""
+        super().reset_parameters()
+        with torch.no_grad():
+            self.mean_weight.fill_(1.0)
+            self.var_weight.fill_(1.0)
+            if self.weight is not None and self.last_gamma:
+                self.weight.zero_()
 
     @property
     def pools_batch(self) -> bool:
@@ -175,7 +193,6 @@ class SwitchNorm(BatchStatistics, NormBase):
     def summing_weight(self, values: int | torch.Tensor) -> int | torch.Tensor:
         """The authors sum each batch with weight 1 (their helper divides by the count)."""
         return 1 if self.semantics == "authors" else values
-
 
     def coefficient_params(self):
         return {
