@@ -122,15 +122,23 @@ def ort_outputs(model, x, dynamo, training):
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})
 
 
+def chain_of_all_norms(training, dtype=torch.float32):
+    """conv -> norm for every registered norm in turn (one export covers them all)."""
+    torch.manual_seed(1)
+    layers = [torch.nn.Conv2d(3, C, 3, padding=1)]
+    for name in NORMS:
+        layers += [layer_for(name, torch.float32), torch.nn.Conv2d(C, C, 3, padding=1)]
+    return torch.nn.Sequential(*layers).to(dtype).train(training)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("name", NORMS)
-def test_onnx_export_runs_in_onnxruntime_like_eager(name, mode, exporter):
-    """float32 (onnxruntime's dtype); in training mode the graph normalizes with the batch
-    statistics as eager does (ONNX graphs hold no state: the running statistics are not
-    updated, as for torch's own BatchNorm2d)."""
-    net = net_for(name, MODES[mode], torch.float32)
+def test_onnx_export_runs_in_onnxruntime_like_eager(mode, exporter):
+    """Every norm, float32 (onnxruntime's dtype); in training mode the graph normalizes with
+    the batch statistics as eager does (ONNX graphs hold no state: the running statistics
+    are not updated, as for torch's own BatchNorm2d)."""
+    net = chain_of_all_norms(MODES[mode])
     x = torch.randn(3, 3, 4, 5)
     with torch.no_grad():
         expected = copy.deepcopy(net)(x)
@@ -157,20 +165,28 @@ def test_inductor_fullgraph_matches_eager_in_training():
     assert_same_state(net, eager)
 
 
-def tiny_resnet(name):
+def resnet_with_every_norm():
+    """normlab's resnet20 (narrow) whose norms cycle through every registered norm."""
     torch.manual_seed(0)
-    return normlab.create_model(
-        "resnet20", num_classes=3, norm=name, widths=(4, 8, 8), stem_width=4
-    ).eval()
+    model = normlab.create_model(
+        "resnet20", num_classes=3, norm="bn", widths=(4, 8, 8), stem_width=4
+    )
+    names = [n for n, m in model.named_modules() if isinstance(m, NormBase)]
+    for i, qualified in enumerate(names):
+        parent, _, child = qualified.rpartition(".")
+        old = model.get_submodule(qualified)
+        new = normlab.create_norm(NORMS[i % len(NORMS)], old.num_features)
+        setattr(model.get_submodule(parent), child, new)
+    assert {type(m) for m in model.modules()} >= {normlab.norms.resolve_norm(n) for n in NORMS}
+    return model.eval()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NORMS)
-def test_fx_quantization_prepares_and_converts_a_resnet(name):
+def test_fx_quantization_prepares_and_converts_a_resnet():
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    model = tiny_resnet(name)
+    model = resnet_with_every_norm()
     x = torch.randn(2, 3, 8, 8)
     prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (x,))
     assert any(isinstance(m, NormBase) for m in prepared.modules())
@@ -181,8 +197,7 @@ def test_fx_quantization_prepares_and_converts_a_resnet(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NORMS)
-def test_pt2e_quantization_prepares_and_converts_a_resnet(name):
+def test_pt2e_quantization_prepares_and_converts_a_resnet():
     """PT2E left torch for torchao (torch 2.14 has no torch.ao.quantization.quantize_pt2e)."""
     pytest.importorskip("torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -191,7 +206,7 @@ def test_pt2e_quantization_prepares_and_converts_a_resnet(name):
         get_default_x86_inductor_quantization_config,
     )
 
-    model = tiny_resnet(name)
+    model = resnet_with_every_norm()
     x = torch.randn(2, 3, 8, 8)
     captured = torch.export.export(copy.deepcopy(model), (x,)).module()
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())

@@ -1,13 +1,19 @@
 """Which code path a graph capture sees: plain torch ops, or the layer as one opaque call.
 
 Graph captures cannot record the fused backend (:class:`~normlab.functional.affine.
-AffineNormFunction` takes a Python coefficient closure, and its kernels call torch's
-batch-norm ops with ``out=`` arguments), nor the custom autograd Function that pools
-moments. Under every capture that records torch ops one by one — ``torch.compile`` and
-``torch.export`` (dynamo, hence also ``torch.onnx.export(dynamo=True)`` and PT2E
-quantization), and ``torch.jit.trace`` (hence the TorchScript-based
-``torch.onnx.export(dynamo=False)``) — the plain-ops path is taken instead
-(:func:`plain_ops_required`).
+AffineNormFunction` takes a Python coefficient closure, which ``torch.jit.trace`` rejects,
+and its CPU kernels call torch's batch-norm ops with ``out=`` arguments). Under every
+capture that records torch ops one by one — ``torch.compile`` and ``torch.export`` (dynamo,
+hence also ``torch.onnx.export(dynamo=True)`` and PT2E quantization), and ``torch.jit.trace``
+(hence the TorchScript-based ``torch.onnx.export(dynamo=False)``) — the plain-ops path is
+taken instead (:func:`plain_ops_required`); under ``torch.jit.trace`` the moments are also
+pooled with plain ops (:func:`~normlab.functional.pool_moments`), since the tracer would
+record the pooling's autograd Function as an opaque Python op.
+
+``torch.jit.script`` cannot compile a layer at all (its forward builds a Python closure
+over the coefficient methods, which call ``super()``); :func:`unscriptable` says so and
+what to use instead. An inference model scripts after
+:func:`normlab.fuse_for_inference`.
 
 ``torch.fx.symbolic_trace`` is different: it runs Python on :class:`torch.fx.Proxy` values
 that have no shape, dtype or mode, so shape checks and statistics choices cannot run. A
