@@ -33,9 +33,24 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[dist.get_rank(ctx.group)], None
+        return _SumOwnSlice.apply(grad, ctx.group), None
+
+
+class _SumOwnSlice(torch.autograd.Function):
+    """The gather's backward: the sum over processes of their gradients for this process's
+    slice. Its own backward is the gather again, so gradients of every order (a gradient
+    penalty, a double backward) cross processes exactly."""
+
+    @staticmethod
+    def forward(ctx, grad, group):
+        ctx.group = group
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total[dist.get_rank(group)]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllGather.apply(grad, ctx.group), None
 
 
 def all_gather_with_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
