@@ -259,7 +259,9 @@ def _replayed_backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, 
     as torch does for a saved tensor modified in place.
 
     Cross-process statistics (``statistics_sync``) are gathered again in the replay: every
-    process must run this backward, as every process runs the forward.
+    process must run this backward, as every process runs the forward (data-parallel
+    training does); the gather is differentiable to every order, so the result equals one
+    process with the whole batch.
     """
     x, *params = ctx.saved_tensors
     mean, var, _, scale, shift = ctx.graph
