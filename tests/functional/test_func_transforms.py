@@ -9,7 +9,6 @@ RuntimeError as torch's.
 """
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -18,43 +17,15 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 import normlab
 from normlab.functional import BACKENDS
-from normlab.norms import resolve_norm
 
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+from .layers import C, keeps_running_stats, make_layer, track_options
 
-C = 4
 SHAPE = (3, C, 2, 3)
 COPIES = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny ops, where the thread pool's hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def variants(name):
-    """``track_running_stats`` settings the layer takes (``None``: it has no such option)."""
-    if "track_running_stats" in inspect.signature(resolve_norm(name, 2)).parameters:
-        return [True, False]
-    return [None]
-
-
-def make_layer(name, track, backend, training):
-    kwargs = {"backend": backend}
-    if track is not None:
-        kwargs["track_running_stats"] = track
-    layer = normlab.create_norm(name, C, **kwargs).double().train(training)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        if getattr(layer, "running_var", None) is not None:
-            layer.running_mean.normal_()
-            layer.running_var.uniform_(0.5, 1.5)
-    return layer
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
+]
 
 
 def params_of(layer):
@@ -150,7 +121,7 @@ def test_torch_batchnorm_support_table():
 CASES = [
     (name, track, backend, training, transform)
     for name in normlab.list_norms()
-    for track in variants(name)
+    for track in track_options(name)
     for backend in BACKENDS
     for training in (True, False)
     for transform in TRANSFORMS
@@ -161,10 +132,10 @@ CASES = [
 def test_transform_matches_torch_support_and_reference_values(
     name, track, backend, training, transform
 ):
-    layer = make_layer(name, track, backend, training)
+    layer = make_layer(name, 2, backend, training, track)
     x = torch.randn(SHAPE, dtype=torch.float64)
     run, want = TRANSFORMS[transform]
-    keeps_stats = getattr(layer, "num_batches_tracked", None) is not None
+    keeps_stats = keeps_running_stats(layer)
     if not torch_supports(transform, training, keeps_stats):
         with pytest.raises(RuntimeError):
             run(layer, x)

@@ -5,7 +5,6 @@ registered norm is covered without editing this file.
 """
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -15,8 +14,10 @@ import normlab
 from normlab.functional import BACKENDS, use_backend
 from normlab.norms import resolve_norm
 
-C = 4
+from .layers import C, keeps_running_stats, make_layer
+
 SHAPES = {1: (3, C, 3), 2: (2, C, 2, 3), 3: (2, C, 2, 1, 2)}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def available_dims(name):
@@ -31,37 +32,6 @@ def available_dims(name):
 
 
 CASES = [(name, dim) for name in normlab.list_norms() for dim in available_dims(name)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tests run many tiny ops, where the thread pool's
-    hand-offs cost more than the work (about 8x the wall time on a shared 2-core CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_layer(name, dim, backend=None, training=True):
-    """A float64 layer with running statistics where it can keep them, and parameters and
-    buffers moved away from their initial values (so no term of a derivative vanishes)."""
-    cls = resolve_norm(name, dim)
-    kwargs = {"backend": backend}
-    if "track_running_stats" in inspect.signature(cls).parameters:
-        kwargs["track_running_stats"] = True
-    layer = cls(C, **kwargs).double().train(training)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        if getattr(layer, "running_var", None) is not None:
-            layer.running_mean.normal_()
-            layer.running_var.uniform_(0.5, 1.5)
-    return layer
-
-
-def tracks_running_stats(layer):
-    return getattr(layer, "num_batches_tracked", None) is not None
 
 
 def functional(layer):
@@ -103,7 +73,7 @@ def test_gradgradcheck_every_entry():
 @pytest.mark.parametrize("name, dim", CASES)
 def test_double_backward_moves_running_stats_once(name, dim, backend):
     layer = make_layer(name, dim, backend)
-    if not tracks_running_stats(layer):
+    if not keeps_running_stats(layer):
         pytest.skip(f"{name} keeps no running statistics")
     once, before = copy.deepcopy(layer), copy.deepcopy(layer)
     x = torch.randn(SHAPES[dim], dtype=torch.float64, requires_grad=True)
