@@ -186,3 +186,45 @@ def test_channel_affine_takes_flat_and_spatial_inputs():
     x = torch.randn(5, 2)
     torch.testing.assert_close(affine(x), x * torch.tensor([2.0, 3.0]) + torch.tensor([1.0, -1.0]))
     assert torch.jit.script(affine)(torch.ones(1, 2, 3)).tolist() == [[[3.0] * 3, [2.0] * 3]]
+
+
+class BNReLU(normlab.BatchNorm2d):
+    """A norm+activation layer in timm's convention: act(drop(norm(x)))."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+class BNSquared(normlab.BatchNorm2d):
+    """A forward that is not the norm's affine map: never folded."""
+
+    def forward(self, x):
+        return super().forward(x) ** 2
+
+
+@pytest.mark.parametrize("layer, folds", [(BNReLU, True), (BNSquared, False)])
+def test_norm_activation_layers_fold_with_their_activation_kept(layer, folds):
+    torch.manual_seed(0)
+    model = perturb(nn.Sequential(nn.Conv2d(3, 4, 3), layer(4), nn.Conv2d(4, 4, 1), layer(4)))
+    fused = normlab.fuse_for_inference(model)
+    assert any(isinstance(m, NormBase) for m in fused.modules()) != folds
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert_relative(fused(x), model(x))
+
+
+@pytest.mark.slow
+def test_fused_timm_efficientnet_keeps_its_activations():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = perturb(normlab.convert_norm(timm.create_model("efficientnet_b0", num_classes=3), "bn"))
+    fused = normlab.fuse_for_inference(model)
+    assert not any(isinstance(m, NormBase) for m in fused.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_relative(fused(x), model(x))

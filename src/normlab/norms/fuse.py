@@ -37,7 +37,14 @@ from normlab.norms.batch_instance import BatchInstanceNorm
 from normlab.norms.iebn import IEBN
 from normlab.norms.switch import SwitchNorm
 
-__all__ = ["FOLD_RULES", "ChannelAffine", "EvalNorm", "channel_affine", "fuse_for_inference"]
+__all__ = [
+    "FOLD_RULES",
+    "ChannelAffine",
+    "EvalNorm",
+    "activation_tail",
+    "channel_affine",
+    "fuse_for_inference",
+]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -168,10 +175,11 @@ def _coefficients(layer: NormBase, mean: torch.Tensor, var: torch.Tensor) -> tup
 
 @torch.no_grad()
 def channel_affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(A, B)``, each (C,), when the eval-mode ``layer`` is ``y = A[c] * x + B[c]``, else None.
+    """``(A, B)``, each (C,), when the eval-mode ``layer`` is ``y = tail(A[c] * x + B[c])``.
 
-    ``None`` for layers in training mode, non-normlab modules and layers whose eval
-    coefficients depend on the sample.
+    ``tail`` is :func:`activation_tail` (identity for a plain norm). ``None`` for layers in
+    training mode, non-normlab modules, layers whose eval coefficients depend on the sample
+    and layers whose forward does something else (checked on a probe input).
     """
     if not isinstance(layer, NormBase) or layer.training or not _rule(layer):
         return None
@@ -190,7 +198,22 @@ def channel_affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None
     )
     if not all(torch.equal(a, b) for a, b in zip(first, second)):
         return None
+    x = 4 * torch.randn((2, c) + (3,) * layer.dim, generator=generator).to(**options)
+    expected = layer(x)
+    folded = activation_tail(layer)(ChannelAffine(*first)(x))
+    if not torch.allclose(folded, expected, rtol=1e-4, atol=1e-4 * expected.abs().max()):
+        return None
     return first
+
+
+def activation_tail(layer: nn.Module) -> nn.Module:
+    """What a norm+activation layer applies after normalizing: its ``drop`` then ``act``
+    children (timm's ``BatchNormAct2d`` convention, which normlab's norm+act layers follow:
+    ``act(drop(norm(x)))``); ``nn.Identity`` for a plain norm. :func:`channel_affine`
+    checks the order on a probe input."""
+    parts = [getattr(layer, key, None) for key in ("drop", "act")]
+    parts = [part for part in parts if isinstance(part, nn.Module)]
+    return nn.Sequential(*parts) if parts else nn.Identity()
 
 
 def _fold_into_conv(conv: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
@@ -258,9 +281,11 @@ def fuse_for_inference(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     module docstring). It is folded into a ``Conv1d/2d/3d`` whose output feeds only this
     norm — found by tracing the model with ``torch.fx`` (normlab layers are leaf modules),
     or, for models ``torch.fx`` cannot trace, as consecutive children of a plain
-    ``nn.Sequential`` — and replaced by ``nn.Identity``; a qualifying norm after anything
-    else becomes a :class:`ChannelAffine`. Every other normlab layer is wrapped in an
-    :class:`EvalNorm` (its own eval forward, kept in eval mode, TorchScript-compatible).
+    ``nn.Sequential`` — and replaced by ``nn.Identity`` (by its activation, for a
+    norm+activation layer: :func:`activation_tail`); a qualifying norm after anything else
+    becomes a :class:`ChannelAffine` (followed by its activation). Every other normlab layer
+    is wrapped in an :class:`EvalNorm` (its own eval forward, kept in eval mode,
+    TorchScript-compatible).
 
     Args:
         model: a model in eval mode.
@@ -293,7 +318,10 @@ def fuse_for_inference(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             _replace(model, name, EvalNorm(layer))
         elif name in conv_of:
             _fold_into_conv(modules[conv_of[name]], *coefficients)
-            _replace(model, name, nn.Identity())
+            _replace(model, name, activation_tail(layer))
         else:
-            _replace(model, name, ChannelAffine(*coefficients))
+            tail = activation_tail(layer)
+            affine = ChannelAffine(*coefficients)
+            _replace(model, name, affine if isinstance(tail, nn.Identity) else
+                     nn.Sequential(affine, *tail))
     return model
