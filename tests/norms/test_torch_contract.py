@@ -17,6 +17,8 @@ or asserted differently here:
 - where torch raises on an empty input because of a kernel limitation (InstanceNorm with
   N = 0: IndexError; GroupNorm with an empty spatial axis: RuntimeError), ours returns the
   empty output;
+- a forward that raises leaves the layer unchanged (torch's BatchNorm has already counted the
+  step when its eps or one-value check fails), see ``test_a_failed_forward_changes_nothing``;
 - IEBN/BIN hold per-channel gates, so their channel count is binding even where torch's
   affine-free, untracked BatchNorm takes any; BIN's instance branch needs more than one
   value per (n, c) in training.
@@ -546,6 +548,17 @@ def test_eps_is_checked_as_torch_checks_it(name, dim, training, track, eps):
         torch.testing.assert_close(mine_result[0], torch_result[0], equal_nan=True, **TOL)
 
 
+@pytest.mark.parametrize("name, dim", [c for c in CASES if kind(c[0]) == "bn"], ids=ids)
+def test_a_failed_forward_changes_nothing(name, dim):
+    """Deliberate difference: torch's BatchNorm counts the step before its checks fail."""
+    for eps, x in ((0.0, batch(dim)), (1e-5, torch.randn((1, C) + (1,) * dim, dtype=F64))):
+        mine, twin = pair(name, dim, eps=eps)
+        mine_result, torch_result = call_both(mine, twin, x)
+        assert isinstance(torch_result[1], ValueError)
+        assert isinstance(mine_result[1], ValueError)
+        assert int(twin.num_batches_tracked) == 1 and int(mine.num_batches_tracked) == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
 @pytest.mark.parametrize("name, dim", CASES, ids=ids)
 def test_non_floating_inputs(name, dim, dtype):
@@ -667,3 +680,22 @@ def test_extra_repr_in_torchs_format(name, dim, config):
     if kind(name) == "gn":
         torch_fields = torch_fields[1:]  # torch's GroupNorm starts with num_groups
     assert mine.extra_repr().split(", ")[: len(torch_fields)] == torch_fields
+
+
+# ----------------------------------------------------------------------- model zoos
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_timm_builds_models_with_every_norm_as_norm_layer(name):
+    """timm passes ``device=``/``dtype=`` to ``norm_layer``; meta-device builds work."""
+    timm = pytest.importorskip("timm")
+    cls = resolve_norm(name, 2)
+    with torch.device("meta"):
+        meta = timm.create_model("resnet10t", norm_layer=cls, num_classes=3)
+    assert {t.device.type for t in meta.state_dict().values()} == {"meta"}
+    model = timm.create_model("resnet10t", norm_layer=cls, num_classes=3, dtype=F64)
+    assert {t.dtype for t in model.state_dict().values()} <= {F64, torch.long}
+    assert model(torch.randn(2, 3, 64, 64, dtype=F64)).shape == (2, 3)
+    if kind(name) == "bn":
+        torch_keys = timm.create_model("resnet10t", num_classes=3).state_dict().keys()
+        assert set(torch_keys) <= set(model.state_dict())

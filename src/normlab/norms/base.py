@@ -9,7 +9,21 @@ class adds the constant-noise attack and the affine parameters, so every layer c
     x_hat <- Na * x_hat + Nb              (IEBN paper Eqn. 11, only when ``noise`` is set)
     y = gamma' * x_hat + beta'            (gamma, beta, possibly gated: IEBN Eqn. 9)
 
-Layers never subclass ``torch.nn.modules.batchnorm._BatchNorm`` (DESIGN.md).
+Layers never subclass ``torch.nn.modules.batchnorm._BatchNorm`` (DESIGN.md), but each keeps
+the contract of its closest torch layer (BN: ``nn.BatchNorm*d``, IN: ``nn.InstanceNorm*d``,
+LN: ``nn.GroupNorm(1, C)``, GN: ``nn.GroupNorm``; IEBN, SN and BIN: BatchNorm's, for their BN
+part): the same constructor arguments (``bias=``, keyword ``device=``/``dtype=``), the same
+checks raising exceptions of the types torch raises (:class:`NormInputError` and its kin
+derive from them), ``reset_parameters()``, ``reset_running_stats()`` and torch's
+``extra_repr`` format. Deliberate differences, each for a reason:
+
+- a forward that raises leaves the layer as it was (torch's BatchNorm has already counted
+  the step in ``num_batches_tracked`` when its eps, one-value, channel or dtype check fails);
+- an empty input is checked like any other (torch's BatchNorm skips the channel and dtype
+  checks on it) and gives an empty output where torch's kernels raise (InstanceNorm with
+  N = 0, GroupNorm with an empty spatial axis);
+- per-layer deviations are in each layer's docstring (InstanceNorm's ``affine=True``
+  default, GroupNorm's argument order).
 """
 
 from __future__ import annotations
@@ -95,14 +109,12 @@ class NormBase(nn.Module):
         self.affine = bool(affine)
         self.backend = backend
         self.noise: tuple[float, float] | None = None
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
         if self.affine:
             self.weight = nn.Parameter(self.new_channel_tensor(1.0, device, dtype))
-            self.bias = (
-                nn.Parameter(self.new_channel_tensor(0.0, device, dtype)) if bias else None
-            )
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+            if bias:
+                self.bias = nn.Parameter(self.new_channel_tensor(0.0, device, dtype))
 
     def new_channel_tensor(
         self,
