@@ -1,6 +1,6 @@
 """Normalization layers on the shared core, their registry and model-wide helpers."""
 
-from normlab.norms.base import NormBase, NormInputError
+from normlab.norms.base import NormBase, NormConfigError, NormDtypeError, NormInputError
 from normlab.norms.batch_instance import (
     BatchInstanceNorm,
     BatchInstanceNorm1d,
@@ -83,6 +83,8 @@ __all__ = [
     "LayerNorm3d",
     "NormAct",
     "NormBase",
+    "NormConfigError",
+    "NormDtypeError",
     "NormInputError",
     "NormSpec",
     "SwitchNorm",
