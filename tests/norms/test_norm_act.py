@@ -139,10 +139,11 @@ def test_sources_filters_and_report(caplog):
     with caplog.at_level(logging.INFO, logger="normlab.norms.convert"):
         model, report = normlab.convert_norm(model, "sn", return_report=True)
     assert [(n, old, new) for n, old, new, _ in report.converted] == [
-        ("1", "BatchNorm2d", "SwitchNorm2d"), ("7", "BatchNorm1d", "SwitchNorm1d")
+        ("1", "torch BatchNorm2d", "normlab SwitchNorm2d"),
+        ("7", "torch BatchNorm1d", "normlab SwitchNorm1d"),
     ]
     assert [(n, kind) for n, kind, _ in report.left] == [
-        ("2", "GroupNorm"), ("3", "InstanceNorm2d"), ("4", "LayerNorm")
+        ("2", "torch GroupNorm"), ("3", "torch InstanceNorm2d"), ("4", "torch LayerNorm")
     ]
     assert "not requested" in report.left[0][2] and "last dimension" in report.left[2][2]
     assert "converted 2 layer(s)" in caplog.text and "left 3" in caplog.text

@@ -81,6 +81,13 @@ class ConversionReport:
         return "\n".join(lines)
 
 
+def _type_name(module: nn.Module) -> str:
+    """The layer's class with the package it comes from, e.g. ``"timm BatchNormAct2d"`` (timm
+    and normlab both have a ``BatchNormAct2d``)."""
+    cls = type(module)
+    return f"{cls.__module__.partition('.')[0]} {cls.__name__}"
+
+
 def is_norm_layer(module: nn.Module) -> bool:
     """Whether :func:`convert_norm` converts ``module`` with the default ``source``."""
     kind = _kind(module)
@@ -294,7 +301,7 @@ def convert_norm(
         if kind is None:
             reason = left_reason(module)
             if reason is not None:
-                report.left.append((name, type(module).__name__, reason))
+                report.left.append((name, _type_name(module), reason))
                 return module
             for child_name, sub in list(module.named_children()):
                 new = visit(sub, f"{name}.{child_name}" if name else child_name, module,
@@ -310,7 +317,7 @@ def convert_norm(
         ):
             reason = "filtered out by include/exclude"
         if reason is not None:
-            report.left.append((name, type(module).__name__, reason))
+            report.left.append((name, _type_name(module), reason))
             return module
         dim, how = kind.dim, ""
         if dim is None:
@@ -323,7 +330,7 @@ def convert_norm(
                 logger.warning("convert_norm: %s (%s): %s", name, type(module).__name__, how)
         new, note = _replace(module, kind, dim, norm, kwargs, init)
         note = "; ".join(n for n in (how, note) if n)
-        report.converted.append((name, type(module).__name__, type(new).__name__, note))
+        report.converted.append((name, _type_name(module), _type_name(new), note))
         return new
 
     result = visit(model, "", None, "")
