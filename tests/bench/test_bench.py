@@ -78,6 +78,22 @@ def test_model_bench_uses_a_torch_batchnorm_network_as_baseline():
     assert "| bin |" in models_table(results)
 
 
+def test_inference_bench_rows_and_folds():
+    from normlab.bench.inference import BASELINE, HARDENED, bench_inference
+    from normlab.bench.report import inference_table
+
+    results = bench_inference("resnet20", ["bn", "sn"], batch_size=2, image_size=8,
+                              num_classes=3, repeats=1, warmup=0)
+    rows = {(r.norm, r.fused): r for r in results}
+    assert list(rows) == [(BASELINE, False), ("bn", False), ("bn", True), ("sn", False),
+                          ("sn", True), (HARDENED, False), (HARDENED, True)]
+    assert rows[(BASELINE, False)].ratio == 1.0
+    layers = rows[("bn", False)].norm_layers
+    assert rows[("bn", True)].folded == rows[(HARDENED, True)].folded == layers > 0
+    assert rows[("sn", True)].folded == 0  # soft ratios read the sample: nothing folds
+    assert f"| {HARDENED} | yes |" in inference_table(results)
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_cpu_bench_keeps_freed_memory_unless_asked_not_to(capsys):
     assert keep_freed_memory() is True

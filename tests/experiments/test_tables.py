@@ -4,7 +4,6 @@ scales, and the layouts carry the paper's numbers where the paper has them."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from normlab.experiments import SCALES, get_experiment, list_experiments, plan_runs
 from normlab.norms import NormBase
@@ -32,9 +31,8 @@ def test_every_cell_resolves_and_its_model_builds(name, scale, tmp_path):
         model = run.config.model
         key = (model.name, model.norm, repr(model.kwargs), repr(model.noise),
                model.virtual_batch_size)
-        if key not in built:
-            with torch.device("meta"):
-                built[key] = build_model(model, num_classes=100, in_chans=3)
+        if key not in built:  # on the CPU: torch 2.14 initializes meta tensors ~40x slower
+            built[key] = build_model(model, num_classes=100, in_chans=3)
         norms = [m for m in built[key].modules() if isinstance(m, NormBase)]
         assert norms, f"{run.cell}: no normlab norm in {model.name}"
         expected_noise = None if model.noise is None else tuple(model.noise)

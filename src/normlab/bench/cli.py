@@ -1,4 +1,4 @@
-"""``normlab bench layers|models``: argument parsing and output."""
+"""``normlab bench layers|models|inference``: argument parsing and output."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 import torch
 
+from normlab.bench.inference import bench_inference
 from normlab.bench.layers import DEFAULT_SHAPES, bench_layers
 from normlab.bench.measure import keep_freed_memory
 from normlab.bench.models import bench_models
-from normlab.bench.report import layers_table, models_table
+from normlab.bench.report import inference_table, layers_table, models_table
 
 __all__ = ["build_parser", "main"]
 
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", parents=[common], help="training-step benchmark")
     models.add_argument("--model", default="resnet164")
     models.add_argument("--batch-size", type=int, default=64)
+    inference = sub.add_parser(
+        "inference", parents=[common],
+        help="eval forward per norm, unfused and after fuse_for_inference",
+    )
+    inference.add_argument("--model", default="resnet50")
+    inference.add_argument("--batch-size", type=int, default=8)
+    inference.add_argument("--image-size", type=int, default=224)
     return parser
 
 
@@ -86,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True),
         )
         print(layers_table(results))
+    elif args.what == "inference":
+        results = bench_inference(
+            args.model, args.norms, batch_size=args.batch_size, image_size=args.image_size,
+            repeats=args.repeats, device=args.device,
+        )
+        print(inference_table(results))
     else:
         results = bench_models(
             args.model, args.norms, batch_size=args.batch_size, repeats=args.repeats,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from normlab.bench.inference import InferenceResult
 from normlab.bench.layers import LayerResult
 from normlab.bench.models import ModelResult
 
-__all__ = ["layers_table", "models_table"]
+__all__ = ["inference_table", "layers_table", "models_table"]
 
 
 def _bandwidth(r: LayerResult) -> str:
@@ -53,6 +54,24 @@ def models_table(results: Sequence[ModelResult]) -> str:
     ]
     lines += [
         f"| {r.norm} | {r.step_ms:.1f} | {r.step_ratio:.2f} | ±{r.step_spread:.0%} |"
+        for r in results
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def inference_table(results: Sequence[InferenceResult]) -> str:
+    """Eval forward time per norm, unfused and fused, as a ratio to the torch-BN network."""
+    first = results[0]
+    lines = [
+        f"**{first.model}**, batch {first.batch_size}, eval forward; torch BatchNorm2d network "
+        f"{first.forward_ms:.1f} ms",
+        "",
+        "| norm | fused | forward ms | × torch BN | spread | norm layers folded |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.norm} | {'yes' if r.fused else 'no'} | {r.forward_ms:.1f} | {r.ratio:.2f} | "
+        f"±{r.spread:.0%} | {f'{r.folded} of {r.norm_layers}' if r.fused else ''} |"
         for r in results
     ]
     return "\n".join(lines) + "\n"
