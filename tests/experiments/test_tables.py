@@ -8,6 +8,7 @@ import pytest
 from normlab.experiments import SCALES, get_experiment, list_experiments, plan_runs
 from normlab.norms import NormBase
 from normlab.train.factory import build_model
+from tests.models.helpers import on_meta
 
 NAMES = list_experiments()
 
@@ -31,8 +32,9 @@ def test_every_cell_resolves_and_its_model_builds(name, scale, tmp_path):
         model = run.config.model
         key = (model.name, model.norm, repr(model.kwargs), repr(model.noise),
                model.virtual_batch_size)
-        if key not in built:  # on the CPU: torch 2.14 initializes meta tensors ~40x slower
-            built[key] = build_model(model, num_classes=100, in_chans=3)
+        if key not in built:
+            with on_meta():
+                built[key] = build_model(model, num_classes=100, in_chans=3)
         norms = [m for m in built[key].modules() if isinstance(m, NormBase)]
         assert norms, f"{run.cell}: no normlab norm in {model.name}"
         expected_noise = None if model.noise is None else tuple(model.noise)
