@@ -1,11 +1,14 @@
 """Every export path for every registered norm, in training and in eval: torch.jit.trace,
 torch.fx.symbolic_trace (normlab layers are leaf modules), torch.export, ONNX through both
 exporters checked with onnxruntime, torch.compile (inductor, one case), FX and PT2E
-quantization preparation of a converted ResNet, and torch.jit.script's clear refusal."""
+quantization preparation of a converted ResNet, and torch.jit.script (layers, options,
+models, save/load) against eager."""
 
 import copy
+import inspect
 import io
 import logging
+import re
 import warnings
 
 import pytest
@@ -15,16 +18,24 @@ from torch.export import Dim
 import normlab
 from normlab.norms import NormBase
 
+# torch 2.14 deprecates torch.jit.script (FutureWarning on every call); it still works
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+
 C = 4
 NORMS = normlab.list_norms()
 MODES = {"train": True, "eval": False}
 
 
 def layer_for(name, dtype=torch.float64):
-    """A 2d layer with perturbed parameters and running statistics, so that every term of
-    its coefficients matters."""
+    """A 2d layer with perturbed parameters and running statistics."""
+    return perturbed(normlab.create_norm(name, C), dtype)
+
+
+def perturbed(layer, dtype=torch.float64):
+    """``layer`` in ``dtype`` with perturbed parameters and running statistics, so that
+    every term of its coefficients matters."""
     torch.manual_seed(0)
-    layer = normlab.create_norm(name, C).to(dtype)
+    layer = layer.to(dtype)
     with torch.no_grad():
         for key, p in layer.named_parameters():
             noise = 0.2 * torch.randn_like(p)
@@ -85,9 +96,174 @@ def test_fx_trace_of_a_bare_layer_says_what_to_trace():
         torch.fx.symbolic_trace(normlab.BatchNorm2d(C))
 
 
-def test_jit_script_refuses_with_a_clear_error():
-    with pytest.raises(RuntimeError, match="torch.jit.script cannot compile BatchNorm2d.*fuse"):
-        torch.jit.script(torch.nn.Sequential(normlab.BatchNorm2d(C)))
+DIMS = (1, 2, 3)
+SHAPES = {1: [(3, C), (5, C, 4)], 2: [(3, C, 4, 5), (5, C, 3, 2)], 3: [(3, C, 2, 3, 4)]}
+
+
+def assert_scripted_like_eager(scripted, eager, shapes, training, steps=2):
+    """Outputs, input gradients and state (running statistics, ``num_batches_tracked``)
+    of ``scripted`` equal those of ``eager`` over ``steps`` forwards per shape (float64);
+    an input eager refuses raises the same message in the scripted module."""
+    scripted.train(training)
+    eager.train(training)
+    for shape in shapes:
+        for _ in range(steps):
+            x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+            try:
+                y_eager = eager(x)
+            except ValueError as error:  # e.g. BIN's instance statistics of (N, C) input
+                with pytest.raises(torch.jit.Error, match=re.escape(str(error))):
+                    scripted(x)
+                continue
+            y = scripted(x)
+            torch.testing.assert_close(y, y_eager, rtol=0, atol=1e-12)
+            g = torch.randn_like(y)
+            torch.testing.assert_close(
+                torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_eager, x, g)[0],
+                rtol=0, atol=1e-10,
+            )
+            state, expected = scripted.state_dict(), eager.state_dict()
+            # SN's "hard" flag is an attribute of a scripted module, not a state-dict entry
+            assert list(state) == [k for k in expected if not k.endswith("hard")]
+            for key, value in state.items():
+                torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-12, msg=key)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("name", NORMS)
+def test_jit_script_matches_eager(name, dim, mode):
+    """The scripted layer runs the reference path: same outputs, gradients and running
+    statistics as the eager layer (fused backend), step after step."""
+    layer = perturbed(normlab.create_norm(name, C, dim=dim))
+    shapes = SHAPES[dim]
+    if isinstance(layer, normlab.norms.standard.InstanceNorm):  # 2D: unbatched (C, L)
+        shapes = [s for s in shapes if len(s) > 2] + [(C,) + shapes[-1][2:]]
+    eager = copy.deepcopy(layer)
+    scripted = torch.jit.script(layer)
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    assert_scripted_like_eager(scripted, eager, shapes, MODES[mode])
+
+
+MOMENTUM_NORMS = [
+    n for n in NORMS
+    if "momentum" in inspect.signature(normlab.norms.resolve_norm(n, 2)).parameters
+]
+
+
+@pytest.mark.parametrize("name", MOMENTUM_NORMS)
+def test_jit_script_cumulative_average_counts_steps_as_eager(name):
+    """``momentum=None``: the running statistics are the average over
+    ``num_batches_tracked`` steps, counted in the scripted module as in eager."""
+    layer = perturbed(
+        normlab.create_norm(name, C, momentum=None, track_running_stats=True)
+    )
+    eager = copy.deepcopy(layer)
+    scripted = torch.jit.script(layer)
+    assert_scripted_like_eager(scripted, eager, SHAPES[2], training=True, steps=3)
+    assert_scripted_like_eager(scripted, eager, SHAPES[2], training=False, steps=1)
+
+
+VARIANTS = {
+    "bn-virtual-batches": ("bn", {"virtual_batch_size": 2}),
+    "bn-untracked": ("bn", {"track_running_stats": False}),
+    "bn-no-affine": ("bn", {"affine": False}),
+    "in-tracked": ("in", {"track_running_stats": True}),
+    "gn-2-groups": ("gn", {"num_groups": 2}),
+    "sn-with-gn": ("sn", {"normalizers": ("in", "ln", "bn", "gn"), "num_groups": 2}),
+    "sn-authors-summed": ("sn", {"semantics": "authors", "using_moving_average": False}),
+    "iebn-fc-both-softmax": ("iebn", {"operator": "fc", "reduction": 2, "position": "both",
+                                      "activation": "softmax"}),
+    "iebn-identity-tanh": ("iebn", {"operator": "identity", "activation": "tanh"}),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_jit_script_matches_eager_for_layer_options(variant, mode):
+    name, kwargs = VARIANTS[variant]
+    layer = perturbed(normlab.create_norm(name, C, **kwargs))
+    eager = copy.deepcopy(layer)
+    assert_scripted_like_eager(torch.jit.script(layer), eager, SHAPES[2], MODES[mode])
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_jit_script_with_noise_hardened_or_frozen_matches_eager(name):
+    """Settings made after construction are compiled in: the noise attack, hardened SN
+    ratios, a frozen BN (``normlab.freeze_norm``)."""
+    layer = perturbed(normlab.create_norm(name, C))
+    layer.noise = (0.5, 0.25)
+    if name == "sn":
+        layer.harden()
+    eager = copy.deepcopy(layer)
+    assert_scripted_like_eager(torch.jit.script(layer), eager, SHAPES[2], training=True)
+    frozen = perturbed(normlab.create_norm(name, C))
+    normlab.freeze_norm(frozen)
+    eager = copy.deepcopy(frozen)
+    assert_scripted_like_eager(torch.jit.script(frozen), eager, SHAPES[2], training=True)
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_jit_script_save_load_round_trip(name, tmp_path):
+    """A saved and loaded scripted layer computes what the scripted one does, in training
+    (moving its running statistics alike) and in eval."""
+    layer = perturbed(normlab.create_norm(name, C))
+    scripted = torch.jit.script(layer)
+    torch.jit.save(scripted, tmp_path / "layer.pt")
+    loaded = torch.jit.load(tmp_path / "layer.pt")
+    assert_scripted_like_eager(loaded, scripted, SHAPES[2], training=True)
+    assert_scripted_like_eager(loaded, scripted, SHAPES[2], training=False)
+    eager = copy.deepcopy(layer)  # the original shares its tensors with the scripted one
+    assert_scripted_like_eager(loaded, eager, SHAPES[2], training=True, steps=1)
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_jit_script_resnet20_matches_eager(name):
+    """A whole (narrow) resnet20 with the norm scripts and matches eager in training and
+    eval, also after a save/load round trip."""
+    torch.manual_seed(0)
+    model = normlab.create_model(
+        "resnet20", num_classes=3, norm=name, widths=(4, 8, 8), stem_width=4
+    ).to(torch.float64)
+    eager = copy.deepcopy(model)
+    scripted = torch.jit.script(model)
+    assert_scripted_like_eager(scripted, eager, [(2, 3, 8, 8)], training=True, steps=1)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    assert_scripted_like_eager(loaded, eager, [(2, 3, 8, 8)], training=False, steps=1)
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_jit_script_norm_act_layer_matches_eager(name):
+    """A norm+act layer (``act(drop(norm(x)))``, timm's convention) scripts too."""
+    layer = perturbed(normlab.norms.norm_act(name, act_layer=torch.nn.SiLU)(C))
+    eager = copy.deepcopy(layer)
+    assert_scripted_like_eager(torch.jit.script(layer), eager, SHAPES[2], training=True)
+
+
+def test_jit_script_of_a_model_with_every_norm_matches_eager():
+    model = resnet_with_every_norm().to(torch.float64)
+    eager = copy.deepcopy(model)
+    assert_scripted_like_eager(torch.jit.script(model), eager, [(2, 3, 8, 8)], training=True)
+
+
+def test_jit_script_refuses_cross_process_statistics_with_a_clear_error():
+    layer = normlab.BatchNorm2d(C)
+    layer.statistics_sync = lambda mean, var, samples: (mean, var, samples)
+    with pytest.raises(RuntimeError, match="cannot compile BatchNorm2d with statistics_sync"):
+        torch.jit.script(torch.nn.Sequential(layer))
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_jit_script_checks_inputs_as_eager(name):
+    """Shape errors raise in the scripted layer too (TorchScript's error wraps the same
+    message), and an empty batch gives an empty output."""
+    scripted = torch.jit.script(normlab.create_norm(name, C))
+    with pytest.raises(torch.jit.Error, match=r"expected 4 channels \(dim 1\), got 3"):
+        scripted(torch.randn(2, 3, 5, 5))
+    assert scripted(torch.randn(0, C, 5, 5)).shape == (0, C, 5, 5)
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -3,7 +3,13 @@
 Imports torch only. See DESIGN.md, "The one idea: moments -> coefficients -> affine".
 """
 
-from normlab.functional.affine import AffineNormFunction, CoefficientFn, affine_norm, apply_affine
+from normlab.functional.affine import (
+    AffineNormFunction,
+    CoefficientFn,
+    affine_norm,
+    apply_affine,
+    plain_moments,
+)
 from normlab.functional.backends import (
     BACKENDS,
     get_backend,
@@ -41,6 +47,7 @@ __all__ = [
     "instance_moments_nograd",
     "is_replaying",
     "layer_moments",
+    "plain_moments",
     "pool_moments",
     "replaying",
     "resolve_backend",

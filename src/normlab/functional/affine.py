@@ -54,6 +54,7 @@ __all__ = [
     "CoefficientFn",
     "affine_norm",
     "apply_affine",
+    "plain_moments",
     "triton_available",
 ]
 
@@ -62,7 +63,7 @@ CoefficientFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """View an (N, C) tensor so that it broadcasts against an ``ndim``-dimensional input."""
-    return t.reshape(t.shape + (1,) * (ndim - 2))
+    return t.reshape(list(t.shape) + [1] * (ndim - 2))
 
 
 def apply_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ def triton_available(x: torch.Tensor) -> bool:
     )
 
 
-def _skipped_moments(x: torch.Tensor) -> tuple[torch.Tensor, None]:
+def _skipped_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Zeros standing in for the mean, and no variance, when the coefficients read neither
     (e.g. BN in eval): no pass over ``x`` at all."""
     return torch.zeros(x.shape[:2], dtype=statistics_dtype(x), device=x.device), None
@@ -308,8 +309,23 @@ def _functorch_active() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
+def plain_moments(
+    x: torch.Tensor, with_mean: bool, with_var: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The per-(n, c) moments of the reference backend, in differentiable plain ops:
+    zeros and no variance when the coefficients read neither moment. TorchScript-compatible
+    (a scripted normlab layer runs this path).
+
+    Shape:
+        - x: (N, C, *); mean, var: (N, C)
+    """
+    if with_mean:
+        return instance_moments(x, with_var=with_var)
+    return _skipped_moments(x)
+
+
 def _reference(x, coef, with_mean, with_var, params):
-    mean, var = instance_moments(x, with_var=with_var) if with_mean else _skipped_moments(x)
+    mean, var = plain_moments(x, with_mean, with_var)
     scale, shift = coef(mean, var, *params)
     return apply_affine(x, scale, shift)
 

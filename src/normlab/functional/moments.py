@@ -24,14 +24,14 @@ __all__ = [
 
 def statistics_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype statistics of ``x`` are computed in: float32 for half types, else x's."""
-    if x.dtype in (torch.float16, torch.bfloat16):
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
         return torch.float32
     return x.dtype
 
 
-def spatial_dims(x: torch.Tensor) -> tuple[int, ...]:
+def spatial_dims(x: torch.Tensor) -> list[int]:
     """The axes after (N, C) that the per-(n, c) moments reduce over."""
-    return tuple(range(2, x.dim()))
+    return list(range(2, x.dim()))
 
 
 def spatial_size(x: torch.Tensor) -> int:
@@ -43,7 +43,7 @@ def spatial_size(x: torch.Tensor) -> int:
 
 
 def instance_moments(
-    x: torch.Tensor, *, with_var: bool = True
+    x: torch.Tensor, with_var: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean and biased variance of ``x`` over its spatial axes.
 

@@ -19,9 +19,7 @@ __all__ = [
 ]
 
 
-def _pool(
-    mean: torch.Tensor, var: torch.Tensor, dim: int | tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _pool(mean: torch.Tensor, var: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The parallel-variance rule in plain differentiable ops (see :func:`pool_moments`)."""
     pooled_mean = mean.mean(dim, keepdim=True)
     return pooled_mean, (var + (mean - pooled_mean).square()).mean(dim, keepdim=True)
@@ -57,14 +55,14 @@ class _PoolMoments(torch.autograd.Function):
 
 
 def pool_moments(
-    mean: torch.Tensor, var: torch.Tensor, dim: int | tuple[int, ...]
+    mean: torch.Tensor, var: torch.Tensor, dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool equal-count moments over ``dim`` (kept as size-1 axes).
 
     Args:
         mean: per-group means.
         var: per-group biased variances, same shape as ``mean``.
-        dim: the axis or axes whose groups are merged.
+        dim: the axis whose groups are merged (in eager mode also a tuple of axes).
 
     Returns:
         ``(mean_pool, var_pool)`` with ``dim`` reduced to size 1.
@@ -72,11 +70,14 @@ def pool_moments(
     Under ``torch.jit.trace`` (and so the TorchScript-based ONNX exporter), which would
     record the custom autograd Function as an opaque Python op, the plain ops are traced;
     under ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``), which take custom
-    Functions only with ``setup_context`` and a vmap rule, the plain ops run.
+    Functions only with ``setup_context`` and a vmap rule, the plain ops run; so they do
+    under ``torch.jit.script``, which cannot compile a custom autograd Function.
     """
-    if torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
-        return _pool(mean, var, dim)
-    return _PoolMoments.apply(mean, var, dim)
+    if not torch.jit.is_scripting():
+        if torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+            return _pool(mean, var, dim)
+        return _PoolMoments.apply(mean, var, dim)
+    return _pool(mean, var, dim)
 
 
 def batch_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,9 +99,8 @@ def group_moments(
         ``(mean, var)`` of shape (N, C), each channel carrying its group's statistics.
     """
     n, c = mean.shape
-    grouped = (t.reshape(n, num_groups, c // num_groups) for t in (mean, var))
-    group_mean, group_var = pool_moments(*grouped, 2)
     shape = (n, num_groups, c // num_groups)
+    group_mean, group_var = pool_moments(mean.reshape(shape), var.reshape(shape), 2)
     return group_mean.expand(shape).reshape(n, c), group_var.expand(shape).reshape(n, c)
 
 
@@ -118,8 +118,8 @@ def virtual_batch_moments(
     """
     n = mean.shape[0]
     full = (n // virtual_batch_size) * virtual_batch_size
-    pieces = []
-    if full:
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if full > 0:
         shape = (full // virtual_batch_size, virtual_batch_size, mean.shape[1])
         pm, pv = pool_moments(mean[:full].reshape(shape), var[:full].reshape(shape), 1)
         pieces.append((pm.expand(shape).reshape(full, -1), pv.expand(shape).reshape(full, -1)))

@@ -16,14 +16,20 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+
 __all__ = ["is_replaying", "replaying"]
 
 _state = threading.local()
 
 
 def is_replaying() -> bool:
-    """Whether the current thread is replaying a forward (inside :func:`replaying`)."""
-    return getattr(_state, "active", False)
+    """Whether the current thread is replaying a forward (inside :func:`replaying`); never
+    in a ``torch.jit.script`` module, which runs no fused backend to replay it."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return getattr(_state, "active", False)
 
 
 @contextmanager

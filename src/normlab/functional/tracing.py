@@ -10,10 +10,9 @@ taken instead (:func:`plain_ops_required`); under ``torch.jit.trace`` the moment
 pooled with plain ops (:func:`~normlab.functional.pool_moments`), since the tracer would
 record the pooling's autograd Function as an opaque Python op.
 
-``torch.jit.script`` cannot compile a layer at all (its forward builds a Python closure
-over the coefficient methods, which call ``super()``); :func:`unscriptable` says so and
-what to use instead. An inference model scripts after
-:func:`normlab.fuse_for_inference`.
+``torch.jit.script`` compiles a layer's forward with the same plain ops, calling the
+coefficient methods directly (see :class:`~normlab.norms.NormBase`); the fused autograd
+Function stays outside the compiled code.
 
 ``torch.fx.symbolic_trace`` is different: it runs Python on :class:`torch.fx.Proxy` values
 that have no shape, dtype or mode, so shape checks and statistics choices cannot run. A
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 import torch.fx
 
-__all__ = ["fx_leaf", "fx_leaf_call", "plain_ops_required", "unscriptable"]
+__all__ = ["fx_leaf", "fx_leaf_call", "plain_ops_required"]
 
 
 def plain_ops_required() -> bool:
@@ -76,6 +75,10 @@ def fx_leaf(forward: Callable[..., Any]) -> Callable[..., Any]:
 
     :class:`~normlab.norms.NormBase` applies it to its own ``forward`` and to every
     subclass's override, so a layer is a leaf whatever its forward does first.
+
+    ``torch.jit.script`` compiles the decorated ``forward``'s own source but looks its
+    global names up in this module: a decorated forward should only call methods of
+    ``self`` (as normlab's do).
     """
 
     @functools.wraps(forward)
@@ -84,18 +87,3 @@ def fx_leaf(forward: Callable[..., Any]) -> Callable[..., Any]:
         return forward(module, x, *args, **kwargs) if leaf is None else leaf
 
     return traced_as_leaf
-
-
-def unscriptable(module: torch.nn.Module) -> torch.nn.Module:
-    """``__prepare_scriptable__`` of normlab layers: ``torch.jit.script`` cannot compile one
-    (its forward hands a Python closure over its coefficient methods to the shared op), so
-    say which export paths do work instead of failing deep inside the TorchScript frontend.
-
-    Raises:
-        RuntimeError: always.
-    """
-    raise RuntimeError(
-        f"torch.jit.script cannot compile {type(module).__name__} (normlab layers build their "
-        "coefficients in Python); use torch.jit.trace, torch.export or torch.compile, or "
-        "script normlab.fuse_for_inference(model.eval()) for inference"
-    )

@@ -28,22 +28,46 @@ derive from them), ``reset_parameters()``, ``reset_running_stats()`` and torch's
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from normlab.functional import affine_norm
-from normlab.functional.tracing import fx_leaf, unscriptable
+from normlab.functional import affine_norm, apply_affine, plain_moments, spatial_size
+from normlab.functional.tracing import fx_leaf
 
-__all__ = ["NormBase", "NormConfigError", "NormDtypeError", "NormInputError"]
+__all__ = [
+    "Coefficients",
+    "NormBase",
+    "NormConfigError",
+    "NormDtypeError",
+    "NormInputError",
+    "Params",
+]
 
-_INPUT_LAYOUT = {1: "(N, C) or (N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
-_INPUT_NDIMS = {1: (2, 3), 2: (4,), 3: (5,)}
-_HALF = (torch.float16, torch.bfloat16)
+Params = dict[str, torch.Tensor | None]
+"""The tensors coefficient methods read, by name (:meth:`NormBase.coefficient_params`)."""
+Coefficients = tuple[torch.Tensor, torch.Tensor]
+"""``(A, B)``, or ``(s, t)``: per-(n, c) scale and shift."""
+
 _ABSENT = object()
+_SCRIPT_CONSTANTS = (
+    "layer_name",
+    "dim",
+    "frozen_stats",
+    "pools_batch",
+    "num_groups",
+    "bn_coefficients",
+)
+"""Class-level facts read by compiled methods: TorchScript sees only instance attributes,
+so a class that has one of these declares it a constant (see ``__init_subclass__``)."""
+
+
+def shape_text(x: torch.Tensor) -> str:
+    """``x``'s shape as Python prints a tuple, e.g. ``(2, 3)`` or ``(3,)`` (for messages)."""
+    sizes = [str(d) for d in x.shape]
+    return "(" + ", ".join(sizes) + ("," if len(sizes) == 1 else "") + ")"
 
 
 class NormInputError(ValueError, RuntimeError):
@@ -85,10 +109,20 @@ class NormBase(nn.Module):
             applied to the normalized tensor in training and in eval. Set it on a whole
             model with :func:`normlab.norms.set_noise`.
         param_roles: parameter name -> role, read by :func:`normlab.param_groups`.
+
+    TorchScript: ``torch.jit.script`` compiles a layer's forward with the plain ops of the
+    reference backend (moments -> the same coefficient methods -> ``A * x + B``); the fused
+    autograd Function, which takes those methods as a Python closure, runs outside it only.
+    Class-level facts the compiled code reads (``layer_name``) are TorchScript constants.
     """
 
     dim: int = 2
     param_roles: Mapping[str, str] = {"weight": "affine", "bias": "affine"}
+
+    @property
+    def layer_name(self) -> str:
+        """The class name, for messages (a constant in a TorchScript module)."""
+        return type(self).__name__
 
     def __init__(
         self,
@@ -143,12 +177,8 @@ class NormBase(nn.Module):
                 self.bias.zero_()
 
     def normalizer(
-        self,
-        mean: torch.Tensor,
-        var: torch.Tensor | None,
-        params: dict[str, torch.Tensor],
-        count: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
         """The normalization ``x_hat = s * x + t`` from the (N, C) moments: returns (s, t).
 
         ``count`` is M, the number of elements behind each (n, c) pair. ``s`` and ``t``
@@ -157,13 +187,18 @@ class NormBase(nn.Module):
         raise NotImplementedError
 
     def gates(
-        self, mean: torch.Tensor, params: dict[str, torch.Tensor]
+        self, mean: torch.Tensor, params: Params
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-(n, c) multipliers of gamma and beta (IEBN); ``(None, None)`` for none."""
         return None, None
 
-    def coefficient_params(self) -> dict[str, torch.Tensor | None]:
+    def coefficient_params(self) -> Params:
         """The tensors the coefficients depend on, by name (gradients flow to these)."""
+        return self.affine_params()
+
+    def affine_params(self) -> Params:
+        """``weight`` and ``bias`` by name (a fresh dict: overrides of
+        :meth:`coefficient_params` add their own tensors to it)."""
         return {"weight": self.weight, "bias": self.bias}
 
     def needs_variance(self) -> bool:
@@ -176,13 +211,16 @@ class NormBase(nn.Module):
         return True
 
     def coefficients(
-        self,
-        mean: torch.Tensor,
-        var: torch.Tensor | None,
-        params: dict[str, torch.Tensor],
-        count: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
         """``(A, B)`` of shape (N, C) with ``y = A * x + B`` (see the module docstring)."""
+        return self.affine_coefficients(mean, var, params, count)
+
+    def affine_coefficients(
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
+        """:meth:`coefficients` from :meth:`normalizer`, the noise and the (gated) affine
+        parameters; a subclass overriding :meth:`coefficients` falls back on this."""
         scale, shift = self.normalizer(mean, var, params, count)
         if self.noise is not None:
             noise_scale, noise_shift = self.noise
@@ -201,19 +239,40 @@ class NormBase(nn.Module):
             shift = shift + beta
         return scale.expand(mean.shape), shift.expand(mean.shape)
 
-    def input_ndims(self) -> tuple[int, ...] | None:
+    def input_ndims(self) -> list[int] | None:
         """The numbers of input dimensions the layer takes (``None``: any from 2 on)."""
-        return _INPUT_NDIMS[self.dim]
+        return [2, 3] if self.dim == 1 else [self.dim + 2]
+
+    def input_layout(self) -> str:
+        """The input layout for messages, e.g. ``(N, C, H, W)``."""
+        if self.input_ndims() is None:
+            return "(N, C, *)"
+        if self.dim == 1:
+            return "(N, C) or (N, C, L)"
+        return "(N, C, H, W)" if self.dim == 2 else "(N, C, D, H, W)"
+
+    def state_tensors(self) -> list[torch.Tensor | None]:
+        """The layer's own parameters, then its buffers (``None`` for unset ones)."""
+        if torch.jit.is_scripting():  # a compiled module has no _parameters/_buffers dicts
+            return list(self.coefficient_params().values()) + self.running_buffers()
+        else:
+            return list(self._parameters.values()) + list(self._buffers.values())
+
+    def running_buffers(self) -> list[torch.Tensor | None]:
+        """The layer's buffers (none here; see :class:`~normlab.norms.BatchStatistics`)."""
+        return []
 
     def holds_channel_state(self) -> bool:
         """Whether a parameter or buffer has one entry per channel; only then must an
         input have exactly C channels (torch's affine-free, untracked norms take any)."""
-        tensors = (*self._parameters.values(), *self._buffers.values())
-        return any(t is not None and t.shape[:1] == (self.num_features,) for t in tensors)
+        for t in self.state_tensors():
+            if t is not None and t.dim() > 0 and t.shape[0] == self.num_features:
+                return True
+        return False
 
     def state_dtype(self) -> torch.dtype | None:
         """The floating dtype of the layer's parameters and buffers (``None`` if it has none)."""
-        for t in (*self._parameters.values(), *self._buffers.values()):
+        for t in self.state_tensors():
             if t is not None and t.is_floating_point():
                 return t.dtype
         return None
@@ -221,14 +280,17 @@ class NormBase(nn.Module):
     def check_input(self, x: torch.Tensor, channel_dim: int = 1) -> None:
         """Raise :class:`NormInputError` for a shape, channel count or dtype it cannot take
         (where torch's norms raise too, with an exception of the same type)."""
-        name = type(self).__name__
+        self.check_layout(x, channel_dim)
+
+    def check_layout(self, x: torch.Tensor, channel_dim: int = 1) -> None:
+        """:meth:`check_input`'s checks, for overrides that add to them."""
+        name = self.layer_name
         ndims = self.input_ndims()
         if (x.dim() < 2) if ndims is None else (x.dim() not in ndims):
-            shapes = "2D or larger" if ndims is None else " or ".join(f"{d}D" for d in ndims)
-            layout = "(N, C, *)" if ndims is None else _INPUT_LAYOUT.get(self.dim, "")
+            shapes = "2D or larger" if ndims is None else " or ".join([f"{d}D" for d in ndims])
             raise NormInputError(
-                f"{name} expected a {shapes} input {layout}, got a {x.dim()}D input of shape "
-                f"{tuple(x.shape)}"
+                f"{name} expected a {shapes} input {self.input_layout()}, got a {x.dim()}D "
+                f"input of shape {shape_text(x)}"
             )
         if x.shape[channel_dim] != self.num_features:
             self.check_channels(x, channel_dim)
@@ -238,7 +300,8 @@ class NormBase(nn.Module):
                 "e.g. x.float()"
             )
         dtype = self.state_dtype()
-        if dtype not in (None, x.dtype) and not (dtype == torch.float32 and x.dtype in _HALF):
+        half = x.dtype == torch.float16 or x.dtype == torch.bfloat16
+        if dtype is not None and dtype != x.dtype and not (dtype == torch.float32 and half):
             raise NormInputError(
                 f"{name} has {dtype} parameters and got a {x.dtype} input; convert one of "
                 f"them (e.g. layer.to({x.dtype})), as torch's norms need"
@@ -247,29 +310,68 @@ class NormBase(nn.Module):
     def check_channels(self, x: torch.Tensor, channel_dim: int) -> None:
         """Called when ``x`` does not have C channels: an error when the layer holds
         per-channel tensors, else nothing (subclasses may warn)."""
+        self.check_channel_state(x, channel_dim)
+
+    def check_channel_state(self, x: torch.Tensor, channel_dim: int) -> None:
+        """:meth:`check_channels`' error, for overrides that add to it."""
         if self.holds_channel_state():
             raise NormInputError(
-                f"{type(self).__name__} expected {self.num_features} channels "
+                f"{self.layer_name} expected {self.num_features} channels "
                 f"(dim {channel_dim}), got {x.shape[channel_dim]} in an input of shape "
-                f"{tuple(x.shape)}"
+                f"{shape_text(x)}"
             )
 
     def __init_subclass__(cls, **kwargs) -> None:
-        """A subclass's own ``forward`` is an FX leaf too (see :func:`fx_leaf`)."""
+        """A subclass's own ``forward`` is an FX leaf too (see :func:`fx_leaf`), and the
+        class-level facts in ``_SCRIPT_CONSTANTS`` it has are TorchScript constants (those
+        that are properties are read once, when the layer is scripted)."""
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__:
             cls.forward = fx_leaf(cls.__dict__["forward"])
+        cls.__constants__ = [name for name in _SCRIPT_CONSTANTS if hasattr(cls, name)]
+        cls.__jit_unused_properties__ = [
+            name for name in cls.__constants__ if isinstance(getattr(cls, name), property)
+        ]
 
-    __prepare_scriptable__ = unscriptable  # a clear error from torch.jit.script
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Called by ``torch.jit.script``: a clear error for the settings it cannot compile."""
+        if getattr(self, "statistics_sync", None) is not None:
+            raise RuntimeError(
+                f"torch.jit.script cannot compile {self.layer_name} with statistics_sync set "
+                "(the cross-process all-gather is Python code); script the model before "
+                "normlab.distributed.to_sync, or use torch.compile"
+            )
+        return self
 
     @fx_leaf
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # only calls on self here: TorchScript resolves names of an fx_leaf forward in
+        # normlab.functional.tracing (see fx_leaf)
+        return self.normalize(x)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward` computes; subclasses override this rather than ``forward``
+        (so that norm+act layers and TorchScript reach it without ``super()``)."""
+        return self.affine_forward(x)
+
+    def affine_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Check ``x``, then ``A * x + B`` with the coefficients of its moments: through the
+        shared op and the layer's backend in eager mode, with the reference backend's plain
+        ops under ``torch.jit.script``."""
         self.check_input(x)
         if x.numel() == 0:  # an empty batch, as torch's norms allow
             return self.empty_forward(x)
         params = self.coefficient_params()
+        count = spatial_size(x)
+        if torch.jit.is_scripting():
+            return self.plain_affine(x, params, count)
+        else:
+            return self.shared_affine(x, params, count)
+
+    def shared_affine(self, x: torch.Tensor, params: Params, count: int) -> torch.Tensor:
+        """:func:`~normlab.functional.affine_norm` with the coefficient methods as its
+        coefficient function (a Python closure: not for TorchScript)."""
         names = tuple(params)
-        count = math.prod(x.shape[2:])
 
         def coef(mean, var, *values):
             return self.coefficients(mean, var, dict(zip(names, values)), count)
@@ -283,12 +385,27 @@ class NormBase(nn.Module):
             backend=self.backend,
         )
 
+    def plain_affine(self, x: torch.Tensor, params: Params, count: int) -> torch.Tensor:
+        """The reference backend's path with the coefficient methods called directly:
+        :func:`~normlab.functional.plain_moments` -> :meth:`coefficients` -> ``A * x + B``
+        (what a TorchScript module runs)."""
+        flat = x.unsqueeze(-1) if x.dim() == 2 else x  # (N, C): one element per (n, c)
+        mean, var = plain_moments(flat, self.needs_mean(), self.needs_variance())
+        scale, shift = self.coefficients(mean, var, params, count)
+        return apply_affine(flat, scale, shift).reshape(x.shape)
+
     def empty_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The output for an input without elements: empty, no statistics touched. It
-        depends on every trainable parameter (with zero gradient), so that data-parallel
-        training sees the same parameters used on every process."""
-        trainable = [p.sum() for p in self.parameters() if p.requires_grad]
-        return x.clone() if not trainable else x + 0.0 * sum(trainable)
+        """The output for an input without elements: empty, no statistics touched."""
+        return self.empty_output(x)
+
+    def empty_output(self, x: torch.Tensor) -> torch.Tensor:
+        """An empty output that depends on every trainable parameter (with zero gradient),
+        so that data-parallel training sees the same parameters used on every process."""
+        total: torch.Tensor | None = None
+        for p in self.coefficient_params().values():
+            if p is not None and p.requires_grad:
+                total = p.sum() if total is None else total + p.sum()
+        return x.clone() if total is None else x + 0.0 * total
 
     def post_step(self) -> None:
         """Project parameters back onto their constraint set after an optimizer step."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normlab.norms.base import NormBase
+from normlab.norms.base import Coefficients, NormBase, Params
 from normlab.norms.standard import BatchNorm, check_instance_statistics, standardize
 
 __all__ = ["BatchInstanceNorm", "BatchInstanceNorm1d", "BatchInstanceNorm2d", "BatchInstanceNorm3d"]
@@ -67,8 +67,10 @@ class BatchInstanceNorm(BatchNorm):
         with torch.no_grad():
             self.gate.fill_(self.gate_init)
 
-    def coefficient_params(self):
-        return {**super().coefficient_params(), "gate": self.gate}
+    def coefficient_params(self) -> Params:
+        params = self.affine_params()
+        params["gate"] = self.gate
+        return params
 
     def needs_variance(self) -> bool:
         """The IN branch uses the sample's variance in training and in eval."""
@@ -78,10 +80,13 @@ class BatchInstanceNorm(BatchNorm):
         """The IN branch uses the sample's mean in training and in eval."""
         return True
 
-    def normalizer(self, mean, var, params, count):
+    def normalizer(
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
         rho = params["gate"]
-        batch_scale, batch_shift = super().normalizer(mean, var, params, count)
-        check_instance_statistics(self, count, self.training)
+        assert rho is not None and var is not None  # BIN's gate and the IN branch's variance
+        batch_scale, batch_shift = self.batch_normalizer(mean, var, count)
+        check_instance_statistics(self.layer_name, count, self.training)
         instance_scale, instance_shift = standardize(mean, var, self.eps)
         return (
             rho * batch_scale + (1 - rho) * instance_scale,

@@ -15,14 +15,13 @@ their means and unbiased variances, as averaging per-device buffers would.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from normlab.functional import (
     batch_moments,
     is_replaying,
+    spatial_size,
     statistics_dtype,
     virtual_batch_moments,
 )
@@ -94,6 +93,11 @@ class BatchStatistics(nn.Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
 
+    def running_buffers(self) -> list[torch.Tensor | None]:
+        """``running_mean``, ``running_var`` and ``num_batches_tracked`` (``None`` when
+        untracked)."""
+        return [self.running_mean, self.running_var, self.num_batches_tracked]
+
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batches tracked (when tracked, as torch)."""
         if self.track_running_stats and self.running_mean is not None:
@@ -125,9 +129,11 @@ class BatchStatistics(nn.Module):
         """Count a training step in ``num_batches_tracked`` and return the new batch's
         weight in the running statistics: ``momentum``, or ``1 / num_batches_tracked``
         (cumulative average) when ``momentum`` is None -- torch's BatchNorm."""
-        self.num_batches_tracked.add_(1)
+        counter, running_mean = self.num_batches_tracked, self.running_mean
+        assert counter is not None and running_mean is not None  # only called when tracked
+        counter.add_(1)
         if self.momentum is None:
-            return 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
+            return 1.0 / counter.to(running_mean.dtype)
         return self.momentum
 
     def check_eps(self) -> None:
@@ -136,12 +142,12 @@ class BatchStatistics(nn.Module):
         if self.uses_batch_statistics():
             if self.eps <= 0:
                 raise ValueError(
-                    f"{type(self).__name__}: batch_norm eps must be positive during "
+                    f"{self.layer_name}: batch_norm eps must be positive during "
                     f"training, but got {self.eps}"
                 )
         elif self.eps < 0:
             raise ValueError(
-                f"{type(self).__name__}: batch_norm eps must be non-negative, but got {self.eps}"
+                f"{self.layer_name}: batch_norm eps must be non-negative, but got {self.eps}"
             )
 
     def _load_from_state_dict(
@@ -173,29 +179,32 @@ class BatchStatistics(nn.Module):
             count: elements behind each (n, c) pair (M).
         """
         self.check_eps()
+        running_mean, running_var = self.running_mean, self.running_var
         if not self.uses_batch_statistics():
+            assert running_mean is not None and running_var is not None  # as decided above
             return (
-                self.running_mean.to(mean.dtype).unsqueeze(0),
-                self.running_var.to(mean.dtype).unsqueeze(0),
+                running_mean.to(mean.dtype).unsqueeze(0),
+                running_var.to(mean.dtype).unsqueeze(0),
             )
+        assert var is not None  # batch statistics read the variance
         n = mean.shape[0]
-        group = n if self.virtual_batch_size is None else min(self.virtual_batch_size, n)
-        if group * count <= 1 or (n % group and (n % group) * count <= 1):
+        virtual = self.virtual_batch_size
+        group = n if virtual is None else min(virtual, n)
+        if group * count <= 1 or (n % group != 0 and (n % group) * count <= 1):
             raise ValueError(
-                f"{type(self).__name__}: expected more than 1 value per channel when "
+                f"{self.layer_name}: expected more than 1 value per channel when "
                 f"training with batch statistics, got {n} sample(s) x {count} value(s)"
-                + ("" if self.virtual_batch_size is None
-                   else f" in sub-batches of {self.virtual_batch_size}")
+                + ("" if virtual is None else f" in sub-batches of {virtual}")
                 + "; use a larger batch, eval mode, or a norm without batch statistics"
             )
-        if self.statistics_sync is not None and self.virtual_batch_size is not None:
+        if self.statistics_sync is not None and virtual is not None:
             raise ValueError(
-                f"{type(self).__name__}: virtual batches and cross-process statistics do not "
+                f"{self.layer_name}: virtual batches and cross-process statistics do not "
                 "combine; set virtual_batch_size=None or drop the sync"
             )
         if group == n:
             batch_mean, batch_var = batch_moments(mean, var)
-            if self.statistics_sync is not None:
+            if not torch.jit.is_scripting() and self.statistics_sync is not None:
                 batch_mean, batch_var, group = self.statistics_sync(batch_mean, batch_var, n)
         else:
             batch_mean, batch_var = virtual_batch_moments(mean, var, group)
@@ -210,14 +219,19 @@ class BatchStatistics(nn.Module):
         """An empty input still takes part in synced batch statistics, with no samples: the
         other processes' all-gather (and, in backward, its all-reduce) needs every process,
         and the running statistics move here as they do there."""
-        y = super().empty_forward(x)
+        y = self.empty_output(x)
         if self.pools_batch:
             self.check_eps()
-        if self.statistics_sync is None or not self.uses_batch_statistics():
-            if self.pools_batch and self.moves_running_stats():
-                self.step_factor()  # torch counts an empty training batch, moving nothing
-            return y
-        count = math.prod(x.shape[2:])
+        if not torch.jit.is_scripting():
+            if self.statistics_sync is not None and self.uses_batch_statistics():
+                return self.synced_empty_forward(x, y)
+        if self.pools_batch and self.moves_running_stats():
+            self.step_factor()  # torch counts an empty training batch, moving nothing
+        return y
+
+    def synced_empty_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`empty_forward`'s part in cross-process statistics (Python only)."""
+        count = spatial_size(x)
         nothing = x.new_zeros((1, self.num_features), dtype=statistics_dtype(x))
         nothing.requires_grad_(torch.is_grad_enabled())  # so that backward reaches the sync
         mean, var, total = self.statistics_sync(nothing, nothing, 0)
@@ -242,7 +256,6 @@ class BatchStatistics(nn.Module):
         its number of values, so that the sums pool every value equally."""
         return values
 
-    @torch.no_grad()
     def _update_running_stats(
         self,
         batch_mean: torch.Tensor,
@@ -253,22 +266,26 @@ class BatchStatistics(nn.Module):
         """Move (or, when :attr:`sums_running_stats`, add to) the running statistics;
         ``group`` samples stand behind each pooled row (a tensor when they were counted
         across processes)."""
-        factor = self.step_factor()
-        values = _values_per_row(batch_mean.shape[0], group, count, batch_var)
-        if batch_mean.shape[0] > 1:
-            batch_mean, batch_var, values = batch_mean[::group], batch_var[::group], values[::group]
-        batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
-        if self.sums_running_stats:
-            weight = self.summing_weight(values)
-            weight = torch.as_tensor(weight, dtype=batch_var.dtype, device=batch_var.device)
-            weight = weight.expand(batch_mean.shape[0], 1)
-            add_sums(self.running_mean, self.running_var, batch_mean, batch_var, weight)
-            if self.summed_weight is not None:
-                self.summed_weight = self.summed_weight + weight.sum()
-            return
-        running_var = self.running_variance(batch_var, values).mean(0)
-        self.running_mean.lerp_(batch_mean.mean(0).to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(running_var.to(self.running_var.dtype), factor)
+        running_mean, running_var = self.running_mean, self.running_var
+        assert running_mean is not None and running_var is not None  # moves_running_stats
+        with torch.no_grad():
+            factor = self.step_factor()
+            values = _values_per_row(batch_mean.shape[0], group, count, batch_var)
+            if batch_mean.shape[0] > 1 and isinstance(group, int):  # sub-batches: one row each
+                batch_mean, batch_var = batch_mean[::group], batch_var[::group]
+                if not isinstance(values, int):
+                    values = values[::group]
+            batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
+            if self.sums_running_stats:
+                weight = _as_tensor(self.summing_weight(values), batch_var)
+                weight = weight.expand(batch_mean.shape[0], 1)
+                add_sums(running_mean, running_var, batch_mean, batch_var, weight)
+                if self.summed_weight is not None:
+                    self.summed_weight = self.summed_weight + weight.sum()
+            else:
+                new_var = self.running_variance(batch_var, values).mean(0)
+                _lerp(running_mean, batch_mean.mean(0).to(running_mean.dtype), factor)
+                _lerp(running_var, new_var.to(running_var.dtype), factor)
 
     def start_batch_average(self) -> None:
         """Zero the running statistics and start summing them (see :func:`finish_batch_average`)."""
@@ -294,7 +311,6 @@ class BatchStatistics(nn.Module):
         pool_sums(self.running_mean, self.running_var, weight, self.running_variance)
 
 
-@torch.no_grad()
 def add_sums(
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
@@ -305,12 +321,15 @@ def add_sums(
     """In place: ``running_mean += sum_r w_r mean_r`` and
     ``running_var += sum_r w_r (var_r + mean_r^2)`` over the rows ``r`` of the (R, C)
     ``mean``/``var`` with (R, 1) weights (the sums :func:`pool_sums` turns into moments)."""
-    running_mean.add_((weight * mean).sum(0).to(running_mean.dtype))
-    running_var.add_((weight * (var + mean**2)).sum(0).to(running_var.dtype))
+    with torch.no_grad():
+        running_mean.add_((weight * mean).sum(0).to(running_mean.dtype))
+        running_var.add_((weight * (var + mean**2)).sum(0).to(running_var.dtype))
 
 
 def unbiased_variance(var: torch.Tensor, values: int | torch.Tensor) -> torch.Tensor:
     """Bessel's correction: ``var * values / (values - 1)`` for a biased ``var``."""
+    if isinstance(values, int):  # the number (a TorchScript type refinement)
+        return var * (values / (values - 1))
     return var * (values / (values - 1))
 
 
@@ -334,7 +353,24 @@ def _values_per_row(
     """Elements behind each row's statistics: a number for one pooled row (a tensor when
     counted across processes), else a (rows, 1) tensor, each row of a sub-batch of
     ``group`` samples (the last one possibly smaller)."""
+    if not isinstance(group, int):  # one row, counted across processes
+        return group * count
     if rows == 1:
         return group * count
     sizes = [min(group, rows - (i - i % group)) * count for i in range(rows)]
     return torch.tensor(sizes, dtype=like.dtype, device=like.device).unsqueeze(1)
+
+
+def _as_tensor(value: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``torch.as_tensor(value)`` with ``like``'s dtype and device."""
+    if isinstance(value, int):  # the number (a TorchScript type refinement)
+        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _lerp(buffer: torch.Tensor, end: torch.Tensor, weight: float | torch.Tensor) -> None:
+    """``buffer.lerp_(end, weight)`` for a number or tensor weight."""
+    if isinstance(weight, float):  # the number (a TorchScript type refinement)
+        buffer.lerp_(end, weight)
+    else:
+        buffer.lerp_(end, weight)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.functional import instance_moments, statistics_dtype
-from normlab.norms.base import NormBase
+from normlab.norms.base import NormBase, Params
 from normlab.norms.standard import BatchNorm
 
 __all__ = ["IEBN", "IEBN1d", "IEBN2d", "IEBN3d"]
@@ -173,18 +173,32 @@ class IEBN(BatchNorm):
             return ("gate_fc1_weight", "gate_fc1_bias", "gate_fc2_weight", "gate_fc2_bias")
         return ()
 
-    def coefficient_params(self):
-        params = super().coefficient_params()
-        params.update({name: getattr(self, name) for name in self.gate_param_names()})
+    def coefficient_params(self) -> Params:
+        """The affine parameters and those of :meth:`gate_param_names`, in that order
+        (``hasattr``: which ones exist is a static fact for TorchScript)."""
+        params = self.affine_params()
+        if hasattr(self, "gate_weight"):
+            params["gate_weight"] = self.gate_weight
+            params["gate_bias"] = self.gate_bias
+        if hasattr(self, "gate_fc1_weight"):
+            params["gate_fc1_weight"] = self.gate_fc1_weight
+            params["gate_fc1_bias"] = self.gate_fc1_bias
+            params["gate_fc2_weight"] = self.gate_fc2_weight
+            params["gate_fc2_bias"] = self.gate_fc2_bias
         return params
 
-    def gate(self, mean: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def gate(self, mean: torch.Tensor, params: Params) -> torch.Tensor:
         """delta[n, c] from the raw per-(n, c) means (IEBN Alg. 1 step 8, Eqn. 8)."""
         if self.operator == "linear":
-            logit = params["gate_weight"] * mean + params["gate_bias"]
+            weight, bias = params["gate_weight"], params["gate_bias"]
+            assert weight is not None and bias is not None
+            logit = weight * mean + bias
         elif self.operator == "fc":
-            hidden = F.relu(F.linear(mean, params["gate_fc1_weight"], params["gate_fc1_bias"]))
-            logit = F.linear(hidden, params["gate_fc2_weight"], params["gate_fc2_bias"])
+            weight1, bias1 = params["gate_fc1_weight"], params["gate_fc1_bias"]
+            weight2, bias2 = params["gate_fc2_weight"], params["gate_fc2_bias"]
+            assert weight1 is not None and weight2 is not None
+            hidden = F.relu(F.linear(mean, weight1, bias1))
+            logit = F.linear(hidden, weight2, bias2)
         else:
             logit = mean
         if self.activation == "sigmoid":
@@ -199,7 +213,9 @@ class IEBN(BatchNorm):
         """The gate reads the raw input's mean in training and in eval (Alg. 1 step 8)."""
         return True
 
-    def gates(self, mean, params):
+    def gates(
+        self, mean: torch.Tensor, params: Params
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         delta = self.gate(mean, params)
         return (
             delta if self.position in ("gamma", "both") else None,

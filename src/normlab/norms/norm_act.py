@@ -130,7 +130,7 @@ class NormAct(nn.Module):
         self.act = create_act(act_layer, act_kwargs, inplace, apply_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(super().forward(x)))
+        return self.act(self.drop(self.normalize(x)))
 
 
 @functools.cache

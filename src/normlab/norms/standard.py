@@ -12,8 +12,15 @@ import warnings
 
 import torch
 
-from normlab.functional import group_moments, is_replaying, layer_moments
-from normlab.norms.base import NormBase, NormConfigError, NormInputError
+from normlab.functional import group_moments, is_replaying, layer_moments, spatial_size
+from normlab.norms.base import (
+    Coefficients,
+    NormBase,
+    NormConfigError,
+    NormInputError,
+    Params,
+    shape_text,
+)
 from normlab.norms.batch_stats import BatchStatistics
 
 __all__ = [
@@ -46,13 +53,13 @@ def standardize(
     return scale, -(mean * scale)
 
 
-def check_instance_statistics(layer: NormBase, count: int, uses_input: bool) -> None:
+def check_instance_statistics(name: str, count: int, uses_input: bool) -> None:
     """Instance statistics of the input need more than one element per (n, c) (torch's
     "Expected more than 1 spatial element when training", also in eval without running
-    statistics)."""
+    statistics); ``name`` is the layer's, for the message."""
     if uses_input and count <= 1:
         raise ValueError(
-            f"{type(layer).__name__}: expected more than 1 spatial element when training "
+            f"{name}: expected more than 1 spatial element when training "
             "(instance statistics of the input), got 1; feed an (N, C, L) or larger input, "
             "or use bn/ln/gn"
         )
@@ -107,21 +114,32 @@ class BatchNorm(BatchStatistics, NormBase):
     def needs_mean(self) -> bool:
         return self.uses_batch_statistics()
 
-    def normalizer(self, mean, var, params, count):
-        return standardize(*self.batch_statistics(mean, var, count), self.eps)
+    def normalizer(
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
+        return self.batch_normalizer(mean, var, count)
+
+    def batch_normalizer(
+        self, mean: torch.Tensor, var: torch.Tensor | None, count: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BN's ``(s, t)`` (:meth:`normalizer`, also the BN branch of derived layers)."""
+        batch_mean, batch_var = self.batch_statistics(mean, var, count)
+        return standardize(batch_mean, batch_var, self.eps)
+
+    @property
+    def bn_coefficients(self) -> bool:
+        """Whether the class keeps BN's own normalizer and no gate (False for the
+        BN-derived IEBN and BIN); a TorchScript constant."""
+        cls = type(self)
+        return cls.normalizer is BatchNorm.normalizer and cls.gates is NormBase.gates
 
     def is_plain(self) -> bool:
         """Whether this layer computes plain BN: no noise attack, no gate and BN's own
         normalizer (False for the BN-derived IEBN and BIN, whatever their parameters)."""
-        cls = type(self)
-        return (
-            self.noise is None
-            and cls.normalizer is BatchNorm.normalizer
-            and cls.gates is NormBase.gates
-        )
+        return self.noise is None and self.bn_coefficients
 
     def running_affine(
-        self, params: dict[str, torch.Tensor] | None = None
+        self, params: Params | None = None
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(scale, shift)`` of shape (C,) with ``y = scale * x + shift``, when plain BN
         normalizes with its running statistics (eval, or frozen); None otherwise.
@@ -134,38 +152,42 @@ class BatchNorm(BatchStatistics, NormBase):
         :func:`normlab.freeze_norm` uses torchvision's ``FrozenBatchNorm2d`` order instead
         (``shift = bias - running_mean * scale`` in two roundings), as it is applied there.
         """
+        running_mean, running_var = self.running_mean, self.running_var
         if self.uses_batch_statistics() or not self.is_plain():
             return None
+        assert running_mean is not None and running_var is not None  # not batch statistics
         self.check_eps()
         params = self.coefficient_params() if params is None else params
         weight, bias = params.get("weight"), params.get("bias")
-        scale = torch.rsqrt(self.running_var + self.eps)
+        scale = torch.rsqrt(running_var + self.eps)
         if weight is not None:
             scale = scale * weight
-        mean = self.running_mean
+        mean = running_mean
         if bias is None:
             return scale, -(mean * scale)
         if self.frozen_stats:
             return scale, bias - mean * scale
         return scale, torch.addcmul(bias, mean, scale, value=-1)
 
-    def coefficients(self, mean, var, params, count):
+    def coefficients(
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
         affine = self.running_affine(params)
         if affine is None:
-            return super().coefficients(mean, var, params, count)
-        scale, shift = (t.to(mean.dtype).expand(mean.shape) for t in affine)
-        return scale, shift
+            return self.affine_coefficients(mean, var, params, count)
+        scale, shift = affine
+        return scale.to(mean.dtype).expand(mean.shape), shift.to(mean.dtype).expand(mean.shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """As :meth:`NormBase.forward`; a frozen plain BN computes ``x * scale + shift`` in
-        two roundings, exactly as torchvision's ``FrozenBatchNorm2d``."""
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """As :meth:`NormBase.normalize`; a frozen plain BN computes ``x * scale + shift``
+        in two roundings, exactly as torchvision's ``FrozenBatchNorm2d``."""
         affine = self.running_affine() if self.frozen_stats else None
         if affine is None:
-            return super().forward(x)
+            return self.affine_forward(x)
         self.check_input(x)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        scale, shift = (t.to(x.dtype).reshape(shape) for t in affine)
-        return x * scale + shift
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        scale, shift = affine
+        return x * scale.to(x.dtype).reshape(shape) + shift.to(x.dtype).reshape(shape)
 
     def start_from_bn(self) -> str:
         """Nothing to do: BN computes what the BN it replaces computes (exact)."""
@@ -229,9 +251,9 @@ class InstanceNorm(BatchStatistics, NormBase):
             error_msgs,
         )
 
-    def input_ndims(self) -> tuple[int, ...]:
+    def input_ndims(self) -> list[int]:
         """Unbatched (C, *) or batched (N, C, *) inputs, as torch's InstanceNorm."""
-        return (self.dim + 1, self.dim + 2)
+        return [self.dim + 1, self.dim + 2]
 
     def uses_batch_statistics(self) -> bool:
         """Whether it normalizes with the input's own statistics (torch's
@@ -255,7 +277,7 @@ class InstanceNorm(BatchStatistics, NormBase):
         return 0.0 if self.momentum is None else self.momentum
 
     def check_channels(self, x: torch.Tensor, channel_dim: int) -> None:
-        super().check_channels(x, channel_dim)
+        self.check_channel_state(x, channel_dim)
         warnings.warn(
             f"input's size at dim={channel_dim} does not match num_features. You can "
             "silence this warning by not passing in num_features, which is not used "
@@ -263,10 +285,10 @@ class InstanceNorm(BatchStatistics, NormBase):
             stacklevel=4,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == self.dim + 1:  # unbatched (C, *), as torch's InstanceNorm
-            return super().forward(x.unsqueeze(0)).squeeze(0)
-        return super().forward(x)
+            return self.affine_forward(x.unsqueeze(0)).squeeze(0)
+        return self.affine_forward(x)
 
     def needs_variance(self) -> bool:
         return self.uses_batch_statistics()
@@ -274,18 +296,20 @@ class InstanceNorm(BatchStatistics, NormBase):
     def needs_mean(self) -> bool:
         return self.uses_batch_statistics()
 
-    def normalizer(self, mean, var, params, count):
+    def normalizer(
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
         if not self.uses_batch_statistics():
-            if self.running_mean is None:
+            running_mean, running_var = self.running_mean, self.running_var
+            if running_mean is None or running_var is None:
                 raise RuntimeError(
-                    f"{type(self).__name__}: expected running_mean and running_var to be "
+                    f"{self.layer_name}: expected running_mean and running_var to be "
                     "defined when use_input_stats is false (track_running_stats=True was "
                     "set after construction without buffers)"
                 )
-            return standardize(
-                self.running_mean.to(mean.dtype), self.running_var.to(mean.dtype), self.eps
-            )
-        check_instance_statistics(self, count, True)
+            return standardize(running_mean.to(mean.dtype), running_var.to(mean.dtype), self.eps)
+        assert var is not None  # instance statistics read the variance
+        check_instance_statistics(self.layer_name, count, True)
         if self.moves_running_stats():
             self._update_running_stats(mean, var, 1, count)
         return standardize(mean, var, self.eps)
@@ -309,21 +333,21 @@ class ChannelGroupNorm(NormBase):
         return None
 
     def check_input(self, x: torch.Tensor, channel_dim: int = 1) -> None:
-        super().check_input(x, channel_dim)
-        n, c = x.shape[:2]
-        if n * c // self.num_groups * math.prod(x.shape[2:]) == 1:
+        self.check_layout(x, channel_dim)
+        n, c = x.shape[0], x.shape[1]
+        if n * c // self.num_groups * spatial_size(x) == 1:
             raise ValueError(
-                f"{type(self).__name__}: expected more than 1 value per channel when "
-                f"training, got input size {tuple(x.shape)} (one value per group in a "
+                f"{self.layer_name}: expected more than 1 value per channel when "
+                f"training, got input size {shape_text(x)} (one value per group in a "
                 "batch of one, as torch's GroupNorm refuses)"
             )
 
     def check_channels(self, x: torch.Tensor, channel_dim: int) -> None:
-        super().check_channels(x, channel_dim)
-        if x.shape[channel_dim] % self.num_groups:
+        self.check_channel_state(x, channel_dim)
+        if x.shape[channel_dim] % self.num_groups != 0:
             raise NormInputError(
-                f"{type(self).__name__} expected a number of channels divisible by "
-                f"num_groups={self.num_groups}, got an input of shape {tuple(x.shape)}"
+                f"{self.layer_name} expected a number of channels divisible by "
+                f"num_groups={self.num_groups}, got an input of shape {shape_text(x)}"
             )
 
 
@@ -335,8 +359,12 @@ class LayerNorm(ChannelGroupNorm):
     twin, with the same arguments after C), not ``torch.nn.LayerNorm`` over the last axes.
     """
 
-    def normalizer(self, mean, var, params, count):
-        return standardize(*layer_moments(mean, var), self.eps)
+    def normalizer(
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
+        assert var is not None  # LN statistics read the variance
+        layer_mean, layer_var = layer_moments(mean, var)
+        return standardize(layer_mean, layer_var, self.eps)
 
 
 class GroupNorm(ChannelGroupNorm):
@@ -369,8 +397,12 @@ class GroupNorm(ChannelGroupNorm):
         )
         self.num_groups = default_num_groups(self.num_features, num_groups)
 
-    def normalizer(self, mean, var, params, count):
-        return standardize(*group_moments(mean, var, self.num_groups), self.eps)
+    def normalizer(
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
+        assert var is not None  # GN statistics read the variance
+        group_mean, group_var = group_moments(mean, var, self.num_groups)
+        return standardize(group_mean, group_var, self.eps)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_groups={self.num_groups}"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from normlab.functional import group_moments, layer_moments
-from normlab.norms.base import NormBase, NormInputError
+from normlab.norms.base import Coefficients, NormBase, NormInputError, Params
 from normlab.norms.batch_stats import BatchStatistics, unbiased_variance
 from normlab.norms.standard import default_num_groups, standardize
 
@@ -41,13 +41,20 @@ def _canonical(normalizers, using_bn: bool, dim: int) -> tuple[str, ...]:
     return tuple(k for k in NORMALIZERS if k in normalizers)
 
 
-def _mix(ratios: torch.Tensor, values: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _mix(ratios: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
     """``sum_k ratios[k] * values[k]`` (SN Eqn. 3) as a chain of fused multiply-adds."""
     weights = ratios.unbind(0)
     mixed = weights[0] * values[0]
-    for weight, value in zip(weights[1:], values[1:]):
-        mixed = torch.addcmul(mixed, weight, value)
+    for k in range(1, len(values)):
+        mixed = torch.addcmul(mixed, weights[k], values[k])
     return mixed
+
+
+def _ratios(logits: torch.Tensor, hard: bool) -> torch.Tensor:
+    """Softmax of the logits (Eqn. 5), or the one-hot argmax once hardened."""
+    if hard:
+        return nn.functional.one_hot(logits.argmax(), logits.numel()).to(logits.dtype)
+    return torch.softmax(logits, dim=0)
 
 
 class SwitchNorm(BatchStatistics, NormBase):
@@ -188,30 +195,29 @@ class SwitchNorm(BatchStatistics, NormBase):
         """The authors' ``running_var`` tracks the training BN variance as it is."""
         if self.semantics == "authors":
             return var
-        return super().running_variance(var, values)
+        return unbiased_variance(var, values)  # BatchStatistics.running_variance's rule
 
     def summing_weight(self, values: int | torch.Tensor) -> int | torch.Tensor:
         """The authors sum each batch with weight 1 (their helper divides by the count)."""
-        return 1 if self.semantics == "authors" else values
+        if self.semantics == "authors":
+            return 1
+        return values
 
-    def coefficient_params(self):
-        return {
-            **super().coefficient_params(),
-            "mean_weight": self.mean_weight,
-            "var_weight": self.var_weight,
-        }
+    def coefficient_params(self) -> Params:
+        params = self.affine_params()
+        params["mean_weight"] = self.mean_weight
+        params["var_weight"] = self.var_weight
+        return params
 
     def ratios(
-        self, params: dict[str, torch.Tensor] | None = None
+        self, params: Params | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The mixing ratios ``(w, w')`` (Eqn. 5): softmax, or one-hot once hardened."""
-        params = params or self.coefficient_params()
-        logits = (params["mean_weight"], params["var_weight"])
-        if self.hard:
-            return tuple(
-                nn.functional.one_hot(t.argmax(), t.numel()).to(t.dtype) for t in logits
-            )
-        return tuple(torch.softmax(t, dim=0) for t in logits)
+        if params is None:
+            params = self.coefficient_params()
+        mean_logits, var_logits = params["mean_weight"], params["var_weight"]
+        assert mean_logits is not None and var_logits is not None
+        return _ratios(mean_logits, self.hard), _ratios(var_logits, self.hard)
 
     def statistics(
         self, mean: torch.Tensor, var: torch.Tensor, count: int
@@ -219,13 +225,19 @@ class SwitchNorm(BatchStatistics, NormBase):
         """(mean, var) of each normalizer in ``self.normalizers``, broadcastable to (N, C)."""
         if self.unbiased_instance_var and count > 1:
             var = unbiased_variance(var, count)
-        stats = {
-            "in": lambda: (mean, var),
-            "ln": lambda: self.layer_statistics(mean, var, count),
-            "bn": lambda: self.batch_statistics(mean, var, count),
-            "gn": lambda: group_moments(mean, var, self.num_groups),
-        }
-        return [stats[k]() for k in self.normalizers]
+        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for k in self.normalizers:
+            if k == "in":
+                stats.append((mean, var))
+            elif k == "ln":
+                stats.append(self.layer_statistics(mean, var, count))
+            elif k == "bn":
+                stats.append(self.batch_statistics(mean, var, count))
+            else:
+                groups = self.num_groups
+                assert groups is not None  # set whenever "gn" is mixed
+                stats.append(group_moments(mean, var, groups))
+        return stats
 
     def layer_statistics(
         self, mean: torch.Tensor, var: torch.Tensor, count: int
@@ -236,16 +248,21 @@ class SwitchNorm(BatchStatistics, NormBase):
             ln_var = unbiased_variance(ln_var, mean.shape[1])
         return ln_mean, ln_var
 
-    def normalizer(self, mean, var, params, count):
+    def normalizer(
+        self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
+    ) -> Coefficients:
+        assert var is not None  # SN always reads the variance
         mean_ratio, var_ratio = self.ratios(params)
-        means, variances = zip(*self.statistics(mean, var, count))
+        stats = self.statistics(mean, var, count)
+        means = [s[0] for s in stats]
+        variances = [s[1] for s in stats]
         return standardize(_mix(mean_ratio, means), _mix(var_ratio, variances), self.eps)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        super().check_input(x)
+    def check_input(self, x: torch.Tensor, channel_dim: int = 1) -> None:
+        self.check_layout(x, channel_dim)
         if x.dim() == 2 and "in" in self.normalizers:
             raise NormInputError(
-                f"{type(self).__name__}: IN statistics are undefined for (N, C) inputs; "
+                f"{self.layer_name}: IN statistics are undefined for (N, C) inputs; "
                 "use normalizers=('ln', 'bn') (the 1d default)"
             )
 
