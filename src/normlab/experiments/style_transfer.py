@@ -177,7 +177,9 @@ def style_report(out: str | Path, settings: StyleSettings) -> Path:
         if path.is_file():
             results[norm] = json.loads(path.read_text())["history"]
     style_losses_figure(results, out / "losses.png")
-    images = {n: torch.load(out / "norms" / f"{n}-images.pt") for n in results}
+    images = {
+        n: torch.load(out / "norms" / f"{n}-images.pt", weights_only=True) for n in results
+    }
     style_images_figure(_test_crops(settings), load_photo(settings.style), images,
                         out / "images.png")
     lines = [
