@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from normlab.norms.base import NormBase
-from normlab.norms.freeze import freeze_norm
+from normlab.norms.freeze import freeze_norm, is_frozen
 from normlab.norms.norm_act import NormAct, get_norm_act_layer
 from normlab.norms.registry import NormSpec, create_norm, list_norms, resolve_norm
 from normlab.norms.selection import ModuleFilter, matches
@@ -97,7 +97,7 @@ def is_norm_layer(module: nn.Module) -> bool:
 def _kind(module: nn.Module) -> LayerKind | None:
     if isinstance(module, NormBase):
         return LayerKind(
-            "normlab", module.dim, bool(getattr(module, "frozen_stats", False)),
+            "normlab", module.dim, is_frozen(module),
             isinstance(module, NormAct),
         )
     return layer_kind(module)

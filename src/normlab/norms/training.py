@@ -13,6 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from normlab.functional import statistics_dtype
 from normlab.norms.base import NormBase
 from normlab.norms.batch_stats import BatchStatistics, add_sums, pool_sums
+from normlab.norms.freeze import is_frozen
 
 __all__ = [
     "DEFAULT_ROLE_LR_SCALE",
@@ -175,7 +176,7 @@ def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int
         for m in model.modules()
         if isinstance(m, BatchStatistics)
         and _has_running_stats(m)
-        and not getattr(m, "frozen_stats", False)  # frozen by normlab.freeze_norm: kept
+        and not is_frozen(m)  # frozen by normlab.freeze_norm: kept
     ]
     torch_layers = [
         m for m in model.modules() if isinstance(m, _BatchNorm) and _has_running_stats(m)
