@@ -2,6 +2,7 @@
 on one moments -> coefficients -> affine core, with the papers' networks and experiments."""
 
 from normlab.distributed import to_sync
+from normlab.errors import NormlabError
 from normlab.models import create_model, list_models, model_info
 from normlab.norms import (
     BatchInstanceNorm1d,
@@ -65,6 +66,7 @@ __all__ = [
     "LayerNorm1d",
     "LayerNorm2d",
     "LayerNorm3d",
+    "NormlabError",
     "SwitchNorm1d",
     "SwitchNorm2d",
     "SwitchNorm3d",

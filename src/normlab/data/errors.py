@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from normlab.errors import DataError
+
 __all__ = ["DatasetError", "MissingDatasetError", "CorruptDatasetError"]
 
 
-class DatasetError(Exception):
-    """Base class of all data-set errors raised by :mod:`normlab.data`.
+class DatasetError(DataError):
+    """Base class of all data-set errors raised by :mod:`normlab.data` (a
+    :class:`normlab.errors.DataError`).
 
     Args:
         path: The file or folder the error is about.

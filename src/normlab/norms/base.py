@@ -34,6 +34,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from normlab.errors import ConfigError, NormlabError
 from normlab.functional import affine_norm, apply_affine, plain_moments, spatial_size
 from normlab.functional.tracing import fx_leaf
 
@@ -70,12 +71,13 @@ def shape_text(x: torch.Tensor) -> str:
     return "(" + ", ".join(sizes) + ("," if len(sizes) == 1 else "") + ")"
 
 
-class NormInputError(ValueError, RuntimeError):
+class NormInputError(NormlabError, ValueError, RuntimeError):
     """An input a normalization layer cannot normalize (shape, channels or dtype).
 
     It is both a ``ValueError`` and a ``RuntimeError``, so that code catching what torch's
     norms raise for the same misuse catches it (torch raises ValueError for a wrong number
-    of dimensions, RuntimeError for a wrong channel count or mixed dtypes).
+    of dimensions, RuntimeError for a wrong channel count or mixed dtypes); and a
+    :class:`normlab.errors.NormlabError`.
     """
 
 
@@ -83,9 +85,10 @@ class NormDtypeError(NormInputError, NotImplementedError):
     """A non-floating-point input; also the ``NotImplementedError`` torch's norms raise."""
 
 
-class NormConfigError(ValueError, RuntimeError):
+class NormConfigError(ConfigError, RuntimeError):
     """A constructor argument torch's norms reject too (e.g. a negative channel count);
-    also the ``RuntimeError`` torch raises for it."""
+    a ``ValueError`` (as :class:`normlab.errors.ConfigError`) and also the ``RuntimeError``
+    torch raises for it."""
 
 
 class NormBase(nn.Module):
