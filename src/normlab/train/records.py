@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 from importlib import metadata
@@ -24,30 +23,24 @@ from typing import Any
 import torch
 
 from normlab.train.errors import RunDirError
+from normlab.train.run_folder import METRICS, SUMMARY, RunFolder, write_text_atomic
+from normlab.train.run_folder import write_json_atomic as write_json
 
-__all__ = ["MetricsLog", "TensorBoardLog", "environment", "write_json", "write_text_atomic"]
-
-METRICS, SUMMARY = "metrics.jsonl", "summary.json"
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write ``text`` through a temporary file and ``os.replace``: a reader (or a crash)
-    sees the old file or the new one, never a partial one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
+__all__ = [
+    "METRICS",
+    "SUMMARY",
+    "MetricsLog",
+    "TensorBoardLog",
+    "environment",
+    "read_summary",
+    "write_json",
+    "write_text_atomic",
+]
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's ``summary.json``, or ``{}`` when it has none yet."""
-    path = Path(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return RunFolder(run_dir).read_summary()
 
 
 def differences(asked: Any, stored: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -84,30 +77,23 @@ def pin_settings(settings: dict[str, Any], path: str | Path, what: str) -> None:
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` of a run folder."""
+    """Append-only ``metrics.jsonl`` of a run folder (see :class:`RunFolder`)."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / METRICS
+        self.folder = RunFolder(run_dir)
+        self.path = self.folder.path / METRICS
 
     def rows(self) -> list[dict[str, Any]]:
         """All rows written so far."""
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return self.folder.metrics()
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one epoch's row and flush it to disk."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.folder.append_metrics(row)
 
     def truncate(self, last_epoch: int) -> None:
         """Drop rows of epochs after ``last_epoch`` (used when resuming)."""
-        keep = [r for r in self.rows() if r["epoch"] <= last_epoch]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        self.folder.write_metrics([r for r in self.rows() if r["epoch"] <= last_epoch])
 
 
 class TensorBoardLog:
