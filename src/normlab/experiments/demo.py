@@ -215,13 +215,7 @@ def accuracy_cells(cells: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[
 
 def build_report(out: str | Path, settings: DemoSettings) -> Path:
     """Write ``report.md`` and the figures from the cells in ``out`` (and nothing else)."""
-    from normlab.report import (
-        accuracy_figure,
-        bin_gates_figure,
-        iebn_gates_figure,
-        markdown_table,
-        switch_ratios_figure,
-    )
+    from normlab.report import accuracy_figure, learned_figures, markdown_table
 
     out = Path(out)
     cells = read_cells(out)
@@ -231,14 +225,7 @@ def build_report(out: str | Path, settings: DemoSettings) -> Path:
     figures = ["accuracy.png"]
     seed0 = {c["norm"]: c["norm_summary"] for c in cells if c["setting"] == "clean"
              and c["seed"] == 0}
-    for norm, draw, name in (
-        ("sn", switch_ratios_figure, "sn_ratios.png"),
-        ("bin", bin_gates_figure, "bin_gates.png"),
-        ("iebn", iebn_gates_figure, "iebn_gates.png"),
-    ):
-        if seed0.get(norm):
-            draw(seed0[norm], out / name)
-            figures.append(name)
+    figures += learned_figures(seed0, out)
     text = _report_text(settings, table, norms, cells, figures, markdown_table)
     report = out / "report.md"
     tmp = report.with_name("report.md.tmp")

@@ -1,5 +1,6 @@
 """Normalization layers on the shared core, their registry and model-wide helpers."""
 
+from normlab.norms import builtin  # noqa: F401 - registers the shipped norms, in order
 from normlab.norms.base import NormBase, NormConfigError, NormDtypeError, NormInputError
 from normlab.norms.batch_instance import (
     BatchInstanceNorm,
@@ -14,14 +15,24 @@ from normlab.norms.fuse import ChannelAffine, EvalNorm, fuse_for_inference
 from normlab.norms.iebn import IEBN, IEBN1d, IEBN2d, IEBN3d
 from normlab.norms.norm_act import NormAct, get_norm_act_layer, norm_act, norm_act_class
 from normlab.norms.registry import (
+    FigureSpec,
+    NormInfo,
     NormSpec,
+    TorchTwin,
+    canonical_norm,
     create_norm,
     get_norm_layer,
     list_norms,
     norm_aliases,
+    norm_figure,
+    norm_info,
     norm_layer,
+    norm_options,
     register_norm,
+    registered_norm,
     resolve_norm,
+    unregister_norm,
+    validate_norm_kwargs,
 )
 from normlab.norms.standard import (
     BatchNorm,
@@ -66,6 +77,7 @@ __all__ = [
     "ChannelAffine",
     "ConversionReport",
     "EvalNorm",
+    "FigureSpec",
     "GroupNorm",
     "GroupNorm1d",
     "GroupNorm2d",
@@ -85,12 +97,15 @@ __all__ = [
     "NormBase",
     "NormConfigError",
     "NormDtypeError",
+    "NormInfo",
     "NormInputError",
     "NormSpec",
     "SwitchNorm",
     "SwitchNorm1d",
     "SwitchNorm2d",
     "SwitchNorm3d",
+    "TorchTwin",
+    "canonical_norm",
     "convert_norm",
     "create_norm",
     "freeze_norm",
@@ -103,15 +118,21 @@ __all__ = [
     "norm_act",
     "norm_act_class",
     "norm_aliases",
+    "norm_figure",
+    "norm_info",
     "norm_layer",
+    "norm_options",
     "norm_summary",
     "param_groups",
     "parameter_roles",
     "post_step",
     "register_norm",
+    "registered_norm",
     "resolve_norm",
     "set_noise",
     "set_virtual_batch_size",
     "unfreeze_norm",
+    "unregister_norm",
     "update_norm_stats",
+    "validate_norm_kwargs",
 ]

@@ -17,11 +17,39 @@ import torch
 from torch import nn
 
 from normlab.norms.base import Coefficients, NormBase, Params
+from normlab.norms.registry import FigureSpec, Record, TorchTwin, register_norm
 from normlab.norms.standard import BatchNorm, check_instance_statistics, standardize
+from normlab.norms.summary import value_stats
 
 __all__ = ["BatchInstanceNorm", "BatchInstanceNorm1d", "BatchInstanceNorm2d", "BatchInstanceNorm3d"]
 
 
+def _summary(layer: BatchInstanceNorm) -> Record:
+    """``norm_summary``'s BIN fields: statistics of rho, its values, and the share of
+    channels leaning to BN (rho > 0.5)."""
+    gate = layer.gate.detach().float()
+    return {
+        "gate": value_stats(gate),
+        "gate_values": gate.tolist(),
+        "fraction_batch": float((gate > 0.5).float().mean()),
+    }
+
+
+@register_norm(
+    "bin",
+    aliases=("batchinstancenorm", "batchinstance"),
+    twin=TorchTwin("bn", init={"gate_init": 0.3}, instance_branch=True),
+    summary=_summary,
+    figure=FigureSpec(
+        kind="boxes",
+        file="bin_gates.png",
+        caption="BIN's gates ρ per layer (1 = BN, 0 = IN), as in the BIN paper's gate figure",
+        keys=("gate_values",),
+        labels=("gate ρ (1 = BN, 0 = IN)",),
+        xlabel="BIN layer (input → output)",
+        ylim=(-0.05, 1.05),
+    ),
+)
 class BatchInstanceNorm(BatchNorm):
     """Batch-Instance Normalization: :class:`BatchNorm` mixed with instance normalization.
 

@@ -22,7 +22,9 @@ from torch import nn
 
 from normlab.functional import instance_moments, statistics_dtype
 from normlab.norms.base import NormBase, Params
+from normlab.norms.registry import FigureSpec, Record, TorchTwin, register_norm
 from normlab.norms.standard import BatchNorm
+from normlab.norms.summary import value_stats
 
 __all__ = ["IEBN", "IEBN1d", "IEBN2d", "IEBN3d"]
 
@@ -63,6 +65,37 @@ def fold_factor(
     return value, int((~found).sum())
 
 
+def _summary(layer: IEBN) -> Record:
+    """``norm_summary``'s IEBN fields: the gate's settings and statistics of its parameters."""
+    entry: Record = {"operator": layer.operator, "position": layer.position}
+    for name in layer.gate_param_names():
+        entry[name] = value_stats(getattr(layer, name))
+    return entry
+
+
+def _probe(layer: IEBN, x: torch.Tensor) -> Record:
+    """``norm_summary``'s measurement on an input: statistics of delta[n, c] over ``x``."""
+    return {"gate_values": value_stats(layer.gate_values(x))}
+
+
+@register_norm(
+    "iebn",
+    aliases=("instanceenhancement", "ban"),
+    # at gate_init (0, 40) the gate is exactly 1: sigmoid(40) == 1.0 in float64
+    twin=TorchTwin("bn", point={"gate_init": (0.0, 40.0)}, init={"gate_init": (0.5, 2.0)}),
+    summary=_summary,
+    probe=_probe,
+    figure=FigureSpec(
+        kind="quantiles",
+        file="iebn_gates.png",
+        caption="IEBN's gate values δ per layer on a test batch",
+        keys=("gate_values",),
+        labels=("gate δ",),
+        xlabel="IEBN layer (input → output)",
+        reference=(0.2689, "init σ(−1)"),
+    ),
+    test_variants={"": {}, "fc": {"operator": "fc", "reduction": 2, "position": "both"}},
+)
 class IEBN(BatchNorm):
     """Instance-Enhancement Batch Normalization: :class:`BatchNorm` with a gated scale.
 

@@ -1,34 +1,164 @@
-"""Name -> layer registry: ``create_norm(name, C, dim=2, **kw)`` and ``list_norms()``.
+"""The norm registry: each normalizer registers itself, and everything else asks here.
+
+A normalizer is one module of this package whose family class carries
+``@register_norm(name, ...)``. Registering gives it, without any other file knowing its
+name:
+
+- its layer classes for :func:`create_norm`, :func:`get_norm_layer` and
+  :func:`resolve_norm` (the family class ``Foo`` names its forms ``Foo1d``/``Foo2d``/
+  ``Foo3d`` in its own module), by name or alias;
+- its constructor options for configuration files and the command line
+  (:func:`norm_options`, :func:`validate_norm_kwargs`);
+- what :func:`~normlab.norms.norm_summary` records of its learned state (``summary``, and
+  ``probe`` for what it measures on an input batch);
+- its figure in reports, as data (:class:`FigureSpec`; the drawing code lives in
+  :mod:`normlab.report.figures`, norms import no plotting library);
+- its rows in the generated test tables: its constructor variants (``test_variants``) and
+  how it meets its closest ``torch.nn`` layer (:class:`TorchTwin`, or ``None``).
 
 As in timm's norm registry, ``norm`` may be a registered name (or alias), a layer class, or
 a :func:`functools.partial` of one; models take such a value and build every
-normalization layer through :func:`create_norm`.
+normalization layer through :func:`create_norm`. The normalizers that ship with normlab
+are imported, in the order :func:`list_norms` gives them, by :mod:`normlab.norms.builtin`.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Callable
-from typing import Any
+import inspect
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
-from normlab.norms import batch_instance, iebn, standard, switch
+from normlab.norms.base import NormBase, NormConfigError
 
 __all__ = [
+    "FigureSpec",
+    "NormInfo",
     "NormSpec",
+    "TorchTwin",
+    "canonical_norm",
     "create_norm",
     "get_norm_layer",
     "list_norms",
     "norm_aliases",
+    "norm_figure",
+    "norm_info",
+    "norm_info_of",
     "norm_layer",
+    "norm_options",
     "register_norm",
+    "registered_norm",
     "resolve_norm",
+    "unregister_norm",
+    "validate_norm_kwargs",
 ]
 
 NormSpec = str | type | Callable[..., nn.Module]
+Record = dict[str, Any]
+"""One layer's plain-data description (a ``norm_summary`` entry or part of one)."""
+T = TypeVar("T", bound=type)
 
-_FAMILIES: dict[str, dict[int, type]] = {}
+DIMS = (1, 2, 3)
+NOT_OPTIONS = ("self", "num_features")
+"""Constructor parameters that are not options of a norm (C comes from the model)."""
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """How a report draws what a norm learned, one mark per layer (``norm_summary``
+    records), as data: :func:`normlab.report.figures.draw_norm_figure` draws it.
+
+    Attributes:
+        kind: ``"ratios"`` (one panel of stacked bars per key: each record's list of
+            ratios, stacked over the names in ``record[parts]``), ``"boxes"`` (a box plot
+            of each record's list of values under ``keys[0]``) or ``"quantiles"`` (median,
+            quartile and min-max bands of each record's statistics under ``keys[0]``).
+        file: the figure's file name in a report folder.
+        caption: what the figure shows, one sentence for reports.
+        keys: the record entries drawn; a figure is drawn only when every record has them
+            (IEBN's gate values exist only when ``norm_summary`` was given inputs).
+        labels: y-axis label of each key's panel.
+        xlabel: x-axis label.
+        ylim: y-axis range.
+        parts: ``"ratios"``: the record entry naming the stacked parts.
+        reference: a horizontal reference line ``(value, label)``, or ``None``.
+    """
+
+    kind: str
+    file: str
+    caption: str
+    keys: tuple[str, ...]
+    labels: tuple[str, ...]
+    xlabel: str
+    ylim: tuple[float, float] = (0.0, 1.0)
+    parts: str = ""
+    reference: tuple[float, str] | None = None
+
+
+@dataclass(frozen=True)
+class TorchTwin:
+    """How a norm meets its closest ``torch.nn`` layer (tests/norms/test_torch_contract.py
+    compares every registered norm that declares one with it, in float64).
+
+    Attributes:
+        kind: ``"bn"`` (``nn.BatchNorm{1,2,3}d``), ``"in"`` (``nn.InstanceNorm{1,2,3}d``)
+            or ``"gn"`` (``nn.GroupNorm``).
+        groups: groups of the ``nn.GroupNorm`` twin (kind ``"gn"``).
+        kwargs: constructor arguments the norm always gets in the comparison.
+        point: extra constructor arguments that make the layer compute what the twin
+            computes (outputs and gradients); empty when it always does.
+        init: constructor arguments giving its own parameters non-default initial
+            values (for the ``reset_parameters`` tests).
+        instance_branch: the layer also normalizes each (n, c) by its own statistics (so
+            it needs more than one value per (n, c) in training).
+    """
+
+    kind: str
+    groups: int = 0
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    point: Mapping[str, Any] = field(default_factory=dict)
+    init: Mapping[str, Any] = field(default_factory=dict)
+    instance_branch: bool = False
+
+
+@dataclass(frozen=True)
+class NormInfo:
+    """Everything registered with a norm (see :func:`register_norm`)."""
+
+    name: str
+    family: type[NormBase]
+    aliases: tuple[str, ...]
+    dims: tuple[int, ...]
+    twin: TorchTwin | None
+    summary: Callable[[Any], Record] | None = None
+    probe: Callable[[Any, torch.Tensor], Record] | None = None
+    figure: FigureSpec | None = None
+    test_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"": {}})
+
+    def layer_class(self, dim: int) -> type[NormBase]:
+        """The family's form for ``dim``: the class ``<Family><dim>d`` of its module."""
+        if dim not in self.dims:
+            raise NormConfigError(
+                f"norm {self.name!r} has no {dim}d form; dims: {list(self.dims)}"
+            )
+        class_name = f"{self.family.__name__}{dim}d"
+        cls = getattr(sys.modules[self.family.__module__], class_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, self.family)):
+            raise TypeError(
+                f"norm {self.name!r} registers {self.family.__name__} for {dim}d, but its "
+                f"module {self.family.__module__} defines no subclass {class_name}"
+            )
+        return cls
+
+
+_NORMS: dict[str, NormInfo] = {}
 _ALIASES: dict[str, str] = {}
 
 
@@ -36,16 +166,98 @@ def _key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
 
-def register_norm(name: str, classes: dict[int, type], aliases: tuple[str, ...] = ()) -> None:
-    """Register a normalizer family: ``classes`` maps dim (1, 2, 3) to its layer class."""
-    _FAMILIES[name] = dict(classes)
-    for alias in (name, *aliases):
-        _ALIASES[_key(alias)] = name
+def register_norm(
+    name: str,
+    *,
+    twin: TorchTwin | None,
+    aliases: tuple[str, ...] = (),
+    dims: tuple[int, ...] = DIMS,
+    summary: Callable[[Any], Record] | None = None,
+    probe: Callable[[Any, torch.Tensor], Record] | None = None,
+    figure: FigureSpec | None = None,
+    test_variants: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Callable[[T], T]:
+    """Class decorator registering a normalizer family under ``name``.
+
+    Example (a new norm is one module of ``normlab/norms`` like this, and its import in
+    :mod:`normlab.norms.builtin`)::
+
+        @register_norm("brn", aliases=("batchrenorm",), twin=TorchTwin("bn", point=...))
+        class BatchRenorm(BatchNorm): ...
+
+        class BatchRenorm1d(BatchRenorm):
+            dim = 1
+        # ... BatchRenorm2d, BatchRenorm3d
+
+    Args:
+        name: the canonical name (``model.norm`` in configs, ``create_norm(name, C)``).
+        twin: how it meets its closest ``torch.nn`` layer, or ``None`` when it has none
+            (a required declaration: the torch-contract tables cover every norm with one).
+        aliases: other accepted spellings (case, ``-`` and ``_`` are ignored).
+        dims: the forms it has (classes ``<Family>1d`` ... in the family's module).
+        summary: ``summary(layer) -> dict``: its learned state for ``norm_summary``.
+        probe: ``probe(layer, x) -> dict``: what ``norm_summary(model, inputs)`` measures
+            on the layer's input ``x``.
+        figure: its figure in reports (:class:`FigureSpec`).
+        test_variants: variant suffix -> constructor arguments, one row each in the
+            generated test tables (default ``{"": {}}``: the defaults only).
+
+    Raises:
+        NormConfigError: when ``name`` or an alias is taken by another norm.
+    """
+
+    def register(family: T) -> T:
+        if not issubclass(family, NormBase):
+            raise TypeError(f"register_norm({name!r}) decorates a NormBase subclass")
+        spellings = {_key(alias) for alias in (name, *aliases)}
+        taken = sorted(a for a in spellings if a in _ALIASES and _ALIASES[a] != name)
+        if taken:
+            raise NormConfigError(f"norm name(s) {taken} of {name!r} are already registered")
+        unregister_norm(name, missing_ok=True)
+        _NORMS[name] = NormInfo(
+            name=name,
+            family=family,
+            aliases=tuple(aliases),
+            dims=tuple(dims),
+            twin=twin,
+            summary=summary,
+            probe=probe,
+            figure=figure,
+            test_variants={"": {}} if test_variants is None else dict(test_variants),
+        )
+        for spelling in spellings:
+            _ALIASES[spelling] = name
+        return family
+
+    return register
+
+
+def unregister_norm(name: str, *, missing_ok: bool = False) -> None:
+    """Remove a registered norm and its aliases (for tests and interactive sessions)."""
+    canonical = _ALIASES.get(_key(name))
+    if canonical is None:
+        if missing_ok:
+            return
+        raise _unknown(name)
+    del _NORMS[canonical]
+    for alias in [a for a, n in _ALIASES.items() if n == canonical]:
+        del _ALIASES[alias]
+
+
+@contextmanager
+def registered_norm(name: str, family: T, **options: Any) -> Iterator[T]:
+    """Register ``family`` as :func:`register_norm` would, for the ``with`` block only."""
+    options.setdefault("twin", None)
+    register_norm(name, **options)(family)
+    try:
+        yield family
+    finally:
+        unregister_norm(name, missing_ok=True)
 
 
 def list_norms() -> list[str]:
     """The registered canonical names, in registration order."""
-    return list(_FAMILIES)
+    return list(_NORMS)
 
 
 def norm_aliases() -> dict[str, str]:
@@ -53,21 +265,84 @@ def norm_aliases() -> dict[str, str]:
     return dict(_ALIASES)
 
 
-def resolve_norm(name: str, dim: int = 2) -> type:
-    """The layer class registered under ``name`` (or an alias) for ``dim``."""
+def _unknown(name: str) -> NormConfigError:
+    """The error for a name that is neither a registered name nor an alias."""
+    close = difflib.get_close_matches(_key(name), list(_ALIASES), n=1)
+    hint = f"did you mean {_ALIASES[close[0]]!r}? " if close else ""
+    aliases = sorted(a for a in _ALIASES if a not in _NORMS)
+    return NormConfigError(
+        f"unknown norm {name!r}; {hint}valid names: {', '.join(list_norms())} "
+        f"(aliases: {', '.join(aliases)})"
+    )
+
+
+def canonical_norm(name: str) -> str:
+    """The canonical name of a registered name or alias.
+
+    Raises:
+        NormConfigError: (a ValueError) for an unknown name, naming the closest valid one.
+    """
     canonical = _ALIASES.get(_key(name))
     if canonical is None:
-        raise ValueError(
-            f"unknown norm {name!r}; valid names: {', '.join(list_norms())} "
-            f"(aliases: {', '.join(sorted(a for a in _ALIASES if a not in _FAMILIES))})"
-        )
-    classes = _FAMILIES[canonical]
-    if dim not in classes:
-        raise ValueError(f"norm {canonical!r} has no {dim}d form; dims: {sorted(classes)}")
-    return classes[dim]
+        raise _unknown(name)
+    return canonical
 
 
-def get_norm_layer(spec: NormSpec, dim: int = 2, **bind: Any) -> type | functools.partial:
+def norm_info(name: str) -> NormInfo:
+    """What is registered under ``name`` (or an alias)."""
+    return _NORMS[canonical_norm(name)]
+
+
+def norm_info_of(layer: nn.Module | type) -> NormInfo | None:
+    """The registration of the most specific registered family ``layer`` belongs to (so an
+    IEBN layer gets IEBN's, not BatchNorm's); ``None`` for unregistered layers."""
+    cls = layer if isinstance(layer, type) else type(layer)
+    by_family = {info.family: info for info in _NORMS.values()}
+    for base in cls.__mro__:
+        if base in by_family:
+            return by_family[base]
+    return None
+
+
+def norm_figure(name: str) -> FigureSpec | None:
+    """The report figure of the norm named ``name`` (or an alias); ``None`` if it has none."""
+    return norm_info(name).figure
+
+
+def resolve_norm(name: str, dim: int = 2) -> type[NormBase]:
+    """The layer class registered under ``name`` (or an alias) for ``dim``."""
+    return norm_info(name).layer_class(dim)
+
+
+def norm_options(name: str, dim: int = 2) -> dict[str, inspect.Parameter]:
+    """The constructor options of a norm, by name (everything after C: ``eps``,
+    ``momentum``, its own settings, ``device``...), for configs and the command line."""
+    parameters = inspect.signature(resolve_norm(name, dim)).parameters
+    return {
+        key: p for key, p in parameters.items()
+        if key not in NOT_OPTIONS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def validate_norm_kwargs(name: str, kwargs: Mapping[str, Any], dim: int = 2) -> None:
+    """Check that every key of ``kwargs`` is a constructor option of the norm ``name``.
+
+    Raises:
+        NormConfigError: for an unknown norm, or an unknown option (naming the closest
+            valid one and listing them all).
+    """
+    options = norm_options(name, dim)
+    for key in kwargs:
+        if key not in options:
+            close = difflib.get_close_matches(key, list(options), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise NormConfigError(
+                f"norm {canonical_norm(name)!r} has no option {key!r}; {hint}"
+                f"valid options: {', '.join(options)}"
+            )
+
+
+def get_norm_layer(spec: NormSpec, dim: int = 2, **bind: Any) -> Callable[..., nn.Module]:
     """The layer class of ``spec`` for ``dim``, or a :func:`functools.partial` of it keeping
     ``bind`` — the ``norm_layer`` argument torchvision's and timm's models take::
 
@@ -109,20 +384,6 @@ def create_norm(norm: NormSpec, num_features: int, dim: int = 2, **kwargs: Any) 
     if isinstance(norm, str):
         return resolve_norm(norm, dim)(num_features, **kwargs)
     if callable(norm):
-        return norm(num_features, **kwargs)
+        layer: nn.Module = norm(num_features, **kwargs)
+        return layer
     raise TypeError(f"norm must be a name, a class or a callable, got {type(norm).__name__}")
-
-
-def _family(module, prefix: str) -> dict[int, type]:
-    return {d: getattr(module, f"{prefix}{d}d") for d in (1, 2, 3)}
-
-
-register_norm("bn", _family(standard, "BatchNorm"), ("batchnorm", "batch"))
-register_norm("in", _family(standard, "InstanceNorm"), ("instancenorm", "instance"))
-register_norm("ln", _family(standard, "LayerNorm"), ("layernorm", "layer"))
-register_norm("gn", _family(standard, "GroupNorm"), ("groupnorm", "group"))
-register_norm("sn", _family(switch, "SwitchNorm"), ("switchnorm", "switchable", "switch"))
-register_norm("iebn", _family(iebn, "IEBN"), ("instanceenhancement", "ban"))
-register_norm(
-    "bin", _family(batch_instance, "BatchInstanceNorm"), ("batchinstancenorm", "batchinstance")
-)

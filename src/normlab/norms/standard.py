@@ -22,6 +22,7 @@ from normlab.norms.base import (
     shape_text,
 )
 from normlab.norms.batch_stats import BatchStatistics
+from normlab.norms.registry import TorchTwin, register_norm
 
 __all__ = [
     "BatchNorm1d",
@@ -71,6 +72,7 @@ class NumGroupsError(NormConfigError, ZeroDivisionError):
     negative ones (at the first forward); ValueError for a non-divisor."""
 
 
+@register_norm("bn", aliases=("batchnorm", "batch"), twin=TorchTwin("bn"))
 class BatchNorm(BatchStatistics, NormBase):
     """Batch normalization (Ioffe & Szegedy 2015) on the shared core.
 
@@ -194,6 +196,7 @@ class BatchNorm(BatchStatistics, NormBase):
         return "exact"
 
 
+@register_norm("in", aliases=("instancenorm", "instance"), twin=TorchTwin("in"))
 class InstanceNorm(BatchStatistics, NormBase):
     """Instance normalization (Ulyanov et al. 2016): each (n, c) uses its own statistics.
 
@@ -351,6 +354,7 @@ class ChannelGroupNorm(NormBase):
             )
 
 
+@register_norm("ln", aliases=("layernorm", "layer"), twin=TorchTwin("gn", groups=1))
 class LayerNorm(ChannelGroupNorm):
     """Layer normalization (Ba et al. 2016) over (C, *) with a per-channel affine.
 
@@ -367,6 +371,12 @@ class LayerNorm(ChannelGroupNorm):
         return standardize(layer_mean, layer_var, self.eps)
 
 
+@register_norm(
+    "gn",
+    aliases=("groupnorm", "group"),
+    twin=TorchTwin("gn", groups=2, kwargs={"num_groups": 2}),
+    test_variants={"": {"num_groups": 2}},
+)
 class GroupNorm(ChannelGroupNorm):
     """Group normalization (Wu & He 2018): statistics over groups of consecutive channels.
 

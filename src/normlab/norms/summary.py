@@ -1,4 +1,9 @@
-"""``norm_summary``: what each adaptive norm in a model has learned, as plain data."""
+"""``norm_summary``: what each norm layer in a model has learned, as plain data.
+
+What a record holds beyond ``name``, ``type`` and ``channels`` is each norm's own business:
+the ``summary`` (and ``probe``) functions it registered with
+:func:`~normlab.norms.registry.register_norm`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,13 @@ import torch
 from torch import nn
 
 from normlab.norms.base import NormBase
-from normlab.norms.batch_instance import BatchInstanceNorm
-from normlab.norms.iebn import IEBN
-from normlab.norms.switch import SwitchNorm
+from normlab.norms.registry import norm_info_of
 
-__all__ = ["norm_summary"]
+__all__ = ["norm_summary", "value_stats"]
 
 
-def _stats(values: torch.Tensor) -> dict[str, float]:
+def value_stats(values: torch.Tensor) -> dict[str, float]:
+    """Mean, std, min, quartiles and max of ``values`` (any shape), as floats."""
     v = values.detach().float().flatten()
     q = torch.quantile(v, torch.tensor([0.25, 0.5, 0.75]))
     return {
@@ -35,25 +39,9 @@ def _layer_entry(name: str, layer: NormBase) -> dict[str, Any]:
         "type": type(layer).__name__,
         "channels": layer.num_features,
     }
-    if isinstance(layer, SwitchNorm):
-        mean_ratio, var_ratio = layer.ratios()
-        entry.update(
-            normalizers=list(layer.normalizers),
-            mean_ratios=[float(r) for r in mean_ratio],
-            var_ratios=[float(r) for r in var_ratio],
-            hard=layer.hard,
-        )
-    elif isinstance(layer, BatchInstanceNorm):
-        gate = layer.gate.detach().float()
-        entry.update(
-            gate=_stats(gate),
-            gate_values=gate.tolist(),
-            fraction_batch=float((gate > 0.5).float().mean()),
-        )
-    elif isinstance(layer, IEBN):
-        entry.update(operator=layer.operator, position=layer.position)
-        for pname in layer.gate_param_names():
-            entry[pname] = _stats(getattr(layer, pname))
+    info = norm_info_of(layer)
+    if info is not None and info.summary is not None:
+        entry.update(info.summary(layer))
     return entry
 
 
@@ -61,27 +49,35 @@ def _layer_entry(name: str, layer: NormBase) -> dict[str, Any]:
 def norm_summary(model: nn.Module, inputs: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """One plain-data record per normlab norm layer, in module order.
 
-    Every record has ``name``, ``type`` and ``channels``. SN layers add ``normalizers``,
-    ``mean_ratios`` and ``var_ratios`` (after softmax, or one-hot once hardened) and
-    ``hard``; BIN layers add ``gate`` (summary statistics of rho), ``gate_values`` and
-    ``fraction_batch`` (share of channels with rho > 0.5, i.e. leaning to BN); IEBN layers
-    add ``operator``, ``position`` and statistics of their gate parameters, and, when
-    ``inputs`` is given, ``gate_values``: statistics of delta[n, c] over that batch
-    (the model is run once on ``inputs`` in its current mode, without gradients).
+    Every record has ``name``, ``type`` and ``channels``; each registered norm adds what
+    it learned. SN layers add ``normalizers``, ``mean_ratios`` and ``var_ratios`` (after
+    softmax, or one-hot once hardened) and ``hard``; BIN layers add ``gate`` (summary
+    statistics of rho), ``gate_values`` and ``fraction_batch`` (share of channels with
+    rho > 0.5, i.e. leaning to BN); IEBN layers add ``operator``, ``position`` and
+    statistics of their gate parameters, and, when ``inputs`` is given, ``gate_values``:
+    statistics of delta[n, c] over that batch. With ``inputs``, the model is run once on
+    them in its current mode, without gradients, for the norms that measure something on
+    their input (a registered ``probe``).
 
     Args:
         model: the network.
-        inputs: an optional batch to measure IEBN gate values on.
+        inputs: an optional batch to measure on (IEBN gate values).
     """
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, NormBase)]
     entries = {n: _layer_entry(n, m) for n, m in layers}
     if inputs is not None:
         hooks = []
         for name, layer in layers:
-            if isinstance(layer, IEBN):
+            info = norm_info_of(layer)
+            if info is not None and info.probe is not None:
 
-                def record(module, args, name=name):
-                    entries[name]["gate_values"] = _stats(module.gate_values(args[0]))
+                def record(
+                    module: nn.Module,
+                    args: tuple[torch.Tensor, ...],
+                    name: str = name,
+                    probe: Any = info.probe,
+                ) -> None:
+                    entries[name].update(probe(module, args[0]))
 
                 hooks.append(layer.register_forward_pre_hook(record))
         try:

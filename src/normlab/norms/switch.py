@@ -19,6 +19,7 @@ from torch import nn
 from normlab.functional import group_moments, layer_moments
 from normlab.norms.base import Coefficients, NormBase, NormInputError, Params
 from normlab.norms.batch_stats import BatchStatistics, unbiased_variance
+from normlab.norms.registry import FigureSpec, Record, TorchTwin, register_norm
 from normlab.norms.standard import default_num_groups, standardize
 
 __all__ = ["SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d"]
@@ -57,6 +58,33 @@ def _ratios(logits: torch.Tensor, hard: bool) -> torch.Tensor:
     return torch.softmax(logits, dim=0)
 
 
+def _summary(layer: SwitchNorm) -> Record:
+    """``norm_summary``'s SN fields: the normalizers and their ratios (Eqn. 5), ``hard``."""
+    mean_ratio, var_ratio = layer.ratios()
+    return {
+        "normalizers": list(layer.normalizers),
+        "mean_ratios": [float(r) for r in mean_ratio],
+        "var_ratios": [float(r) for r in var_ratio],
+        "hard": layer.hard,
+    }
+
+
+@register_norm(
+    "sn",
+    aliases=("switchnorm", "switchable", "switch"),
+    twin=TorchTwin("bn", point={"normalizers": ("bn",)}, init={"last_gamma": True}),
+    summary=_summary,
+    figure=FigureSpec(
+        kind="ratios",
+        file="sn_ratios.png",
+        caption="SN's mean and variance ratios (IN, LN, BN) per layer, as in the SN paper's "
+        "Fig. 5",
+        keys=("mean_ratios", "var_ratios"),
+        labels=("mean ratio", "variance ratio"),
+        xlabel="SN layer (input → output)",
+        parts="normalizers",
+    ),
+)
 class SwitchNorm(BatchStatistics, NormBase):
     """Switchable Normalization on the shared core.
 

@@ -1,22 +1,16 @@
 """Reports: Markdown tables (mean ± std, paper layout), PNG figures, experiment reports."""
 
 from normlab.report.experiment import CellResult, collect_results, experiment_report
-from normlab.report.figures import (
-    accuracy_figure,
-    bin_gates_figure,
-    iebn_gates_figure,
-    switch_ratios_figure,
-)
+from normlab.report.figures import accuracy_figure, draw_norm_figure, learned_figures
 from normlab.report.tables import markdown_table, mean_std
 
 __all__ = [
     "CellResult",
     "accuracy_figure",
-    "bin_gates_figure",
     "collect_results",
+    "draw_norm_figure",
     "experiment_report",
-    "iebn_gates_figure",
+    "learned_figures",
     "markdown_table",
     "mean_std",
-    "switch_ratios_figure",
 ]

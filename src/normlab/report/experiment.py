@@ -13,13 +13,8 @@ from pathlib import Path
 
 from normlab.experiments.registry import Experiment
 from normlab.experiments.sweep import cell_folder
-from normlab.norms import norm_summary
-from normlab.report.figures import (
-    accuracy_figure,
-    bin_gates_figure,
-    learning_curves_figure,
-    switch_ratios_figure,
-)
+from normlab.norms import norm_figure, norm_summary
+from normlab.report.figures import accuracy_figure, draw_norm_figure, learning_curves_figure
 from normlab.report.tables import markdown_table
 from normlab.train import Builders, load_config, load_run
 from normlab.train.records import MetricsLog, read_summary, write_text_atomic
@@ -83,13 +78,6 @@ def _ours_cells(
     return cells
 
 
-LEARNED = {"sn": switch_ratios_figure, "bin": bin_gates_figure}
-LEARNED_TEXT = {
-    "sn": "SN's mean and variance ratios (IN, LN, BN) per layer, as in the SN paper's Fig. 5",
-    "bin": "BIN's gates ρ per layer (1 = BN, 0 = IN), as in the BIN paper's gate figure",
-}
-
-
 def _learned_figures(
     experiment: Experiment,
     results: dict[tuple[str, str], CellResult],
@@ -98,20 +86,22 @@ def _learned_figures(
     out: str | Path,
     builders: Builders | None,
 ) -> list[str]:
-    """Figures of what SN and BIN learned in each cell's first finished seed (Markdown)."""
+    """Figures of what each cell's norm learned, from its first finished seed (Markdown):
+    the figure the norm registered, when its records hold what the figure draws."""
     lines = []
     for cell, result in results.items():
         if not result.seeds:
             continue
         run_dir = cell_folder(out, experiment, scale, cell) / f"seed{result.seeds[0]}"
-        norm = load_config(run_dir / CONFIG_FILE).model.norm
-        if norm not in LEARNED:
+        spec = norm_figure(load_config(run_dir / CONFIG_FILE).model.norm)
+        if spec is None:
             continue
         model = load_run(run_dir, builders=builders).model
         name = f"learned-{run_dir.parent.name}.png"
-        LEARNED[norm](norm_summary(model), run_dir.parent.parent / name)
+        if draw_norm_figure(spec, norm_summary(model), run_dir.parent.parent / name) is None:
+            continue
         lines.append(f"**{cell[0]} / {cell[1]}** (seed {result.seeds[0]}): "
-                     f"{LEARNED_TEXT[norm]}.\n\n![{cell[0]} / {cell[1]}]({name})\n")
+                     f"{spec.caption}.\n\n![{cell[0]} / {cell[1]}]({name})\n")
     return lines
 
 
@@ -127,9 +117,9 @@ def experiment_report(
     report's path (``OUT/<experiment>/<scale>/report.md``).
 
     ``seeds`` (the ones the sweep was asked for) lets the report count missing runs. For
-    every cell trained with SN or BIN, the report also draws what the layers learned
-    (``learned-<cell>.png``, from the first finished seed; ``builders`` rebuild its
-    network, for tests).
+    every cell trained with a norm that registered a figure (SN's ratios, BIN's gates),
+    the report also draws what the layers learned (``learned-<cell>.png``, from the first
+    finished seed; ``builders`` rebuild its network, for tests).
     """
     folder = Path(out) / experiment.name / scale
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
-"""PNG figures: accuracy per setting and norm, and what SN, BIN and IEBN learned per layer.
+"""PNG figures: accuracy per setting and norm, and what each norm learned per layer.
 
-Figures are drawn with matplotlib's non-interactive Agg backend.
+A norm's figure is data it registers (:class:`~normlab.norms.FigureSpec`); the drawers of
+each figure kind live here. Figures are drawn with matplotlib's non-interactive Agg backend.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from normlab.norms.registry import FigureSpec, canonical_norm, list_norms, norm_figure
+
 __all__ = [
+    "DRAWERS",
     "accuracy_figure",
-    "bin_gates_figure",
-    "iebn_gates_figure",
+    "draw_norm_figure",
+    "learned_figures",
     "learning_curves_figure",
     "style_images_figure",
     "style_losses_figure",
-    "switch_ratios_figure",
 ]
 
 
@@ -83,54 +86,105 @@ def accuracy_figure(
     return _save(fig, path)
 
 
-def switch_ratios_figure(layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Stacked bars of SN's mean and variance ratios per layer (``norm_summary`` records)."""
+def _per_layer_axes(layers: Sequence[Mapping[str, Any]], panels: int = 1, height: float = 3.5):
+    """A figure as wide as there are layers, with ``panels`` stacked axes sharing x."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(layers) + 2), 5), sharex=True)
-    names = layers[0]["normalizers"] if layers else []
-    for ax, key, title in zip(axes, ("mean_ratios", "var_ratios"), ("mean", "variance")):
+    width = max(6.0, 0.35 * len(layers) + 2)
+    if panels == 1:
+        fig, ax = plt.subplots(figsize=(width, height))
+        return fig, [ax]
+    fig, axes = plt.subplots(panels, 1, figsize=(width, height), sharex=True)
+    return fig, list(axes)
+
+
+def _ratios(spec: FigureSpec, layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """One panel per key: each layer's ratios, stacked over the names in ``spec.parts``
+    (SN's mean and variance ratios, as in the SN paper's Fig. 5)."""
+    fig, axes = _per_layer_axes(layers, len(spec.keys), 2.5 * len(spec.keys))
+    names = layers[0][spec.parts] if layers else []
+    for ax, key, label in zip(axes, spec.keys, spec.labels):
         bottom = [0.0] * len(layers)
         for k, name in enumerate(names):
             heights = [layer[key][k] for layer in layers]
             ax.bar(range(len(layers)), heights, bottom=bottom, label=name.upper())
             bottom = [b + h for b, h in zip(bottom, heights)]
-        ax.set_ylabel(f"{title} ratio")
-        ax.set_ylim(0, 1)
+        ax.set_ylabel(label)
+        ax.set_ylim(*spec.ylim)
     axes[0].legend(ncol=len(names), fontsize=8)
-    axes[1].set_xlabel("SN layer (input → output)")
+    axes[-1].set_xlabel(spec.xlabel)
     return _save(fig, path)
 
 
-def bin_gates_figure(layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Box plot of BIN's gate values rho per layer (1 = BN, 0 = IN)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 3.5))
-    ax.boxplot([layer["gate_values"] for layer in layers], showfliers=True)
+def _boxes(spec: FigureSpec, layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """A box plot of each layer's values (BIN's gates rho)."""
+    fig, (ax,) = _per_layer_axes(layers)
+    ax.boxplot([layer[spec.keys[0]] for layer in layers], showfliers=True)
     ax.set_xticks(range(1, len(layers) + 1))
     ax.set_xticklabels([str(i) for i in range(len(layers))], fontsize=7)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("gate ρ (1 = BN, 0 = IN)")
-    ax.set_xlabel("BIN layer (input → output)")
+    ax.set_ylim(*spec.ylim)
+    ax.set_ylabel(spec.labels[0])
+    ax.set_xlabel(spec.xlabel)
     return _save(fig, path)
 
 
-def iebn_gates_figure(layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """IEBN's gate values delta per layer on a test batch: median, quartiles and range."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 3.5))
-    stats = [layer["gate_values"] for layer in layers]
+def _quantiles(spec: FigureSpec, layers: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Median, quartile and min-max bands of each layer's value statistics (IEBN's gate
+    values on a test batch), with ``spec.reference`` as a dashed line."""
+    fig, (ax,) = _per_layer_axes(layers)
+    stats = [layer[spec.keys[0]] for layer in layers]
     xs = range(len(stats))
     ax.fill_between(xs, [s["min"] for s in stats], [s["max"] for s in stats], alpha=0.15,
                     label="min–max")
     ax.fill_between(xs, [s["q25"] for s in stats], [s["q75"] for s in stats], alpha=0.35,
                     label="quartiles")
     ax.plot(xs, [s["median"] for s in stats], marker="o", label="median")
-    ax.axhline(0.2689, color="gray", linestyle="--", linewidth=1, label="init σ(−1)")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("gate δ")
-    ax.set_xlabel("IEBN layer (input → output)")
+    if spec.reference is not None:
+        value, label = spec.reference
+        ax.axhline(value, color="gray", linestyle="--", linewidth=1, label=label)
+    ax.set_ylim(*spec.ylim)
+    ax.set_ylabel(spec.labels[0])
+    ax.set_xlabel(spec.xlabel)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+DRAWERS = {"ratios": _ratios, "boxes": _boxes, "quantiles": _quantiles}
+"""Figure kinds (:attr:`FigureSpec.kind`) -> drawer, in the order reports show them."""
+
+
+def draw_norm_figure(
+    spec: FigureSpec, layers: Sequence[Mapping[str, Any]], path: str | Path
+) -> Path | None:
+    """Draw a norm's figure (its registered :class:`~normlab.norms.FigureSpec`) of the
+    ``norm_summary`` records that hold the figure's keys (other layers of the model are
+    left out); ``None`` (nothing drawn) when no record does (IEBN's gate values need
+    ``norm_summary``'s inputs)."""
+    if spec.kind not in DRAWERS:
+        raise ValueError(f"unknown figure kind {spec.kind!r}; valid: {', '.join(DRAWERS)}")
+    layers = [layer for layer in layers if all(key in layer for key in spec.keys)]
+    if not layers:
+        return None
+    return DRAWERS[spec.kind](spec, layers, path)
+
+
+def learned_figures(
+    summaries: Mapping[str, Sequence[Mapping[str, Any]]], folder: str | Path
+) -> list[str]:
+    """Draw what each norm learned into ``folder``: ``summaries`` maps a norm's name (or
+    alias) to its layers' ``norm_summary`` records; each norm with a registered figure
+    gets its ``spec.file``. Figures come in the order of :data:`DRAWERS`' kinds, then of
+    the registry. Returns the file names drawn."""
+    specs = []
+    for norm, layers in summaries.items():
+        spec = norm_figure(norm)
+        if spec is not None:
+            specs.append((list(DRAWERS).index(spec.kind), list_norms().index(canonical_norm(norm)),
+                          spec, layers))
+    drawn = []
+    for *_, spec, layers in sorted(specs, key=lambda item: item[:2]):
+        if draw_norm_figure(spec, layers, Path(folder) / spec.file) is not None:
+            drawn.append(spec.file)
+    return drawn
 
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:
