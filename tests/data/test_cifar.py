@@ -120,6 +120,15 @@ def test_wrong_record_layout_is_rejected(cifar10):
         read_cifar10(root)
 
 
+@pytest.mark.parametrize("labels", [["1", "2", "3"], [1.0, 2.0, 3.0], [True, False, True]])
+def test_labels_that_are_not_integers_name_the_file(cifar10, labels):
+    root, records = cifar10
+    path = root / "cifar-10-batches-py" / "data_batch_3"
+    write_pickle(path, {**records["data_batch_3"], "labels": labels})
+    with pytest.raises(CorruptDatasetError, match=r"data_batch_3: 'labels' must be integer"):
+        read_cifar10(root)
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("true",))

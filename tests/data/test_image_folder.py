@@ -60,6 +60,35 @@ def test_fixed_class_list_keeps_labels_across_domains(tmp_path):
         read_image_folder(tmp_path, domain="Product", classes=["chair"], size=8)
 
 
+def test_other_splits_take_the_training_split_classes(tmp_path):
+    _write_images(tmp_path / "train", ["ant", "bee", "cat"], per_class=1)
+    _write_images(tmp_path / "test", ["ant", "cat"], per_class=1)
+    data = read_image_folder(tmp_path, "test", size=8)
+    assert data.classes == ["ant", "bee", "cat"] and data.labels.tolist() == [0, 2]
+    assert read_image_folder(tmp_path / "test", size=8).labels.tolist() == [0, 1]
+
+
+def test_class_folder_missing_from_training_split_is_named(tmp_path):
+    _write_images(tmp_path / "train", ["ant", "bee"], per_class=1)
+    _write_images(tmp_path / "test", ["ant", "bee", "cat"], per_class=1)
+    with pytest.raises(CorruptDatasetError) as info:
+        read_image_folder(tmp_path, "test", size=8)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'test' / 'cat'}: class folder 'cat' is not one")
+    assert str(tmp_path / "train") in message and "\n" not in message
+
+
+@pytest.mark.parametrize("pixels", [3000, 1500])  # > 2x the limit: error; > 1x: warning
+def test_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch, pixels):
+    _write_images(tmp_path, ["ant"], per_class=1)
+    bomb = tmp_path / "ant" / "bomb.png"
+    Image.new("RGB", (pixels // 30, 30)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(CorruptDatasetError, match="decompression bomb") as info:
+        read_image_folder(tmp_path, size=8)
+    assert str(info.value).startswith(f"{bomb}: ") and "\n" not in str(info.value)
+
+
 def test_resize_crops_the_centre_square(tmp_path):
     (tmp_path / "a").mkdir()
     wide = np.zeros((10, 30, 3), np.uint8)

@@ -13,6 +13,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,8 +101,9 @@ def _read_archive(
         with tarfile.open(archive, mode="r:*") as tar:
             for info in tar:
                 base = info.name.rsplit("/", 1)[-1]
-                if info.isfile() and base in members and base not in found:
-                    found[base] = (archive / info.name, tar.extractfile(info).read())
+                member = tar.extractfile(info) if info.isfile() else None
+                if member is not None and base in members and base not in found:
+                    found[base] = (archive / info.name, member.read())
     except _READ_ERRORS as error:
         raise CorruptDatasetError(
             archive, f"cannot read the archive ({error}); expected a {layout.archive}", layout.hint
@@ -116,7 +118,9 @@ def _read_archive(
     return found
 
 
-def _unpickle(path: Path, payload: bytes, layout: _Layout, keys: tuple[str, ...]) -> dict:
+def _unpickle(
+    path: Path, payload: bytes, layout: _Layout, keys: tuple[str, ...]
+) -> dict[str, Any]:
     try:
         record = load_array_pickle(payload)
     except _READ_ERRORS as error:
@@ -137,6 +141,11 @@ def _read_batch(
     data, labels = record["data"], np.asarray(record[label_key])
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise CorruptDatasetError(path, "'data' must be a 2-D uint8 array", layout.hint)
+    if labels.dtype.kind not in "iu":
+        raise CorruptDatasetError(
+            path, f"{label_key!r} must be integer class indices, got {labels.dtype} values",
+            layout.hint,
+        )
     if data.shape[1] != _IMAGE_BYTES or labels.shape != (data.shape[0],):
         raise CorruptDatasetError(
             path,

@@ -14,8 +14,10 @@ Pillow is needed (``pip install normlab[images]``) and imported only when this r
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,10 +32,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 """Per-channel (mean, std) of ImageNet, the default normalization of image folders."""
 
+TRAIN_SPLIT = "train"
+"""The split whose class folders name the classes of every other split of a data set."""
+
 _HINT = "Pass the folder that holds one sub-folder of images per class as root"
 
 
-def _import_pillow():
+def _import_pillow() -> tuple[Any, Any]:
     try:
         from PIL import Image, ImageOps
     except ImportError as error:
@@ -76,16 +81,42 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
     image_module, image_ops = _import_pillow()
+    bombs = (image_module.DecompressionBombError, image_module.DecompressionBombWarning)
     try:
-        with image_module.open(path) as image:
-            fitted = image_ops.fit(
-                image.convert(mode), (size, size), method=image_module.Resampling.BILINEAR
-            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", image_module.DecompressionBombWarning)
+            with image_module.open(path) as image:
+                fitted = image_ops.fit(
+                    image.convert(mode), (size, size), method=image_module.Resampling.BILINEAR
+                )
+    except bombs as error:
+        raise CorruptDatasetError(
+            path,
+            f"refused a possible decompression bomb ({error})".replace("\n", " "),
+            "Remove the file, or shrink the image",
+        ) from error
     except OSError as error:
         raise CorruptDatasetError(
             path, f"cannot decode the image ({error})", "Remove or replace the file"
         ) from error
     return np.asarray(fitted, dtype=np.uint8).reshape(size, size, -1)
+
+
+def _class_list(
+    folder: Path, split: str, classes: Sequence[str] | None, found: list[str]
+) -> tuple[list[str], str]:
+    """The class names fixing the labels, and where they come from.
+
+    Given ``classes`` win; otherwise a split other than ``train`` takes the class folders
+    of its sibling ``train`` split (when there is one), so that a split lacking a class
+    keeps every other class's label.
+    """
+    if classes is not None:
+        return list(classes), "the given classes"
+    train = folder.parent / TRAIN_SPLIT
+    if split not in ("all", TRAIN_SPLIT) and train.is_dir():
+        return _subfolders(train), f"the training split {train}"
+    return found, str(folder)
 
 
 def read_image_folder(
@@ -113,8 +144,10 @@ def read_image_folder(
         domain: Sub-folder of the domain for multi-domain sets (Office-Home: ``"Art"``,
             ``"Clipart"``, ``"Product"``, ``"Real World"``).
         classes: The class list, fixing the label order; pass the training split's
-            ``classes`` when reading another split or domain so labels agree. Default: the
-            sorted sub-folder names. A listed class without a folder has no images.
+            ``classes`` when reading another domain so labels agree. Default: the sorted
+            class folders of the ``train`` split next to ``split`` when there is one (a
+            test split lacking a class keeps the other labels), else of ``split`` itself.
+            A listed class without a folder has no images.
         channels: 3 (RGB) or 1 (grey).
         mean: Normalization mean per channel; default :data:`IMAGENET_STATS` (its
             average for grey images).
@@ -125,8 +158,8 @@ def read_image_folder(
 
     Raises:
         MissingDatasetError: If a folder is missing or holds no images.
-        CorruptDatasetError: If an image cannot be decoded.
-        ValueError: If a class sub-folder is not in ``classes``.
+        CorruptDatasetError: If an image cannot be decoded or is a possible
+            decompression bomb, or a class sub-folder is not one of the classes.
         ImportError: If Pillow is not installed.
     """
     if channels not in (1, 3):
@@ -134,10 +167,15 @@ def read_image_folder(
     root = Path(root)
     folder = _resolve_folder(root, split, domain)
     found = _subfolders(folder)
-    names = list(classes) if classes is not None else found
-    unknown = sorted(set(found) - set(names))
+    names, source = _class_list(folder, split, classes, found)
+    unknown = [name for name in found if name not in names]
     if unknown:
-        raise ValueError(f"{folder}: class folders {unknown} are not in the given classes")
+        raise CorruptDatasetError(
+            folder / unknown[0],
+            f"class folder {unknown[0]!r} is not one of the {len(names)} classes of "
+            f"{source} ({', '.join(names)})",
+            "Remove the folder, or add the class to the training split",
+        )
     files = [
         (path, label) for label, name in enumerate(names) for path in _image_files(folder / name)
     ]
@@ -147,6 +185,8 @@ def read_image_folder(
         )
     mode = "RGB" if channels == 3 else "L"
     images = np.stack([_load_image(path, size, mode) for path, _ in files])
+    default_mean: tuple[float, ...]
+    default_std: tuple[float, ...]
     default_mean, default_std = IMAGENET_STATS
     if channels == 1:
         default_mean, default_std = (sum(default_mean) / 3,), (sum(default_std) / 3,)
