@@ -8,8 +8,13 @@ Layout under the output folder::
 A sweep looks at each folder before it trains: a completed run is skipped, a run that has a
 checkpoint is resumed from it (so a crashed or interrupted sweep continues where it stopped),
 a run that stopped on a non-finite loss is left as it is (it would diverge again), and a
-folder with only the files of an unfinished first epoch is started afresh. A folder made
-with a different config is an error, never overwritten.
+folder with only the files of an unfinished first epoch is started afresh (a folder that
+holds a checkpoint is never deleted). A folder made with a different config is an error,
+never overwritten.
+
+A sweep holds the lock of its folder ``OUT/<experiment>/<scale>`` from planning to its last
+run, so a second sweep of the same experiment into the same ``--out`` stops at once with
+one line naming the first one's process, instead of deleting or training over its cells.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ from normlab.train import (
     resume,
     train,
 )
-from normlab.train.checkpoint import LAST, PREV
-from normlab.train.records import differences, read_summary
-from normlab.train.runner import CONFIG_FILE
+from normlab.train.errors import RunDirError
+from normlab.train.records import differences
+from normlab.train.run_folder import BEST, CONFIG, LAST, LOCK, PREV, FolderLock, RunFolder
 
-__all__ = ["PlannedRun", "plan_runs", "run_experiment", "run_status"]
+__all__ = ["PlannedRun", "plan_runs", "run_experiment", "run_status", "sweep_folder"]
 
 COMPLETED, DIVERGED, RESUMABLE, NEW = "completed", "diverged", "resumable", "new"
 
@@ -53,7 +58,12 @@ class PlannedRun:
 
 def cell_folder(out: str | Path, experiment: Experiment, scale: str, cell: tuple[str, str]) -> Path:
     """The folder that holds one cell's seeds."""
-    return Path(out) / experiment.name / scale / f"{label_slug(cell[0])}--{label_slug(cell[1])}"
+    return sweep_folder(out, experiment, scale) / f"{label_slug(cell[0])}--{label_slug(cell[1])}"
+
+
+def sweep_folder(out: str | Path, experiment: Experiment, scale: str) -> Path:
+    """The folder of one sweep (an experiment at one scale): its cells, report and lock."""
+    return Path(out) / experiment.name / scale
 
 
 def plan_runs(
@@ -100,9 +110,9 @@ def run_status(run: PlannedRun) -> str:
         ConfigError: The folder holds a run with a different config.
     """
     folder = run.folder
-    if not (folder / CONFIG_FILE).is_file():
+    if not (folder / CONFIG).is_file():
         return NEW
-    found = differences(_comparable(run.config), _comparable(load_config(folder / CONFIG_FILE)))
+    found = differences(_comparable(run.config), _comparable(load_config(folder / CONFIG)))
     if found:
         shown = "; ".join(f"{key}: {stored!r} in the folder, {asked!r} asked"
                           for key, stored, asked in found[:5])
@@ -110,7 +120,7 @@ def run_status(run: PlannedRun) -> str:
             f"{folder} holds a run with another config ({shown}); "
             "give the sweep another --out, or delete that folder to train it again"
         )
-    summary = read_summary(folder)
+    summary = RunFolder(folder).read_summary()
     if summary.get("status") == "completed":
         return COMPLETED
     if summary.get("status") == "stopped_nonfinite_loss":
@@ -118,6 +128,28 @@ def run_status(run: PlannedRun) -> str:
     if (folder / LAST).is_file() or (folder / PREV).is_file():
         return RESUMABLE
     return NEW
+
+
+def _clear_unfinished(folder: Path) -> None:
+    """Empty a run folder that holds only the files of an unfinished first epoch.
+
+    Raises:
+        RunDirError: Another process writes the folder, or it holds a checkpoint.
+    """
+    with FolderLock(folder):
+        kept = [name for name in (LAST, PREV, BEST) if (folder / name).is_file()]
+        if kept:
+            raise RunDirError(
+                f"{folder} holds {', '.join(kept)}; a sweep never deletes a checkpoint "
+                f"(resume it with `normlab train --resume {folder}`)"
+            )
+        for child in folder.iterdir():
+            if child.name == LOCK:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
 
 def _eta(seconds: float) -> str:
@@ -149,8 +181,26 @@ def run_experiment(
     Raises:
         ConfigError: A cell's config does not resolve, or a folder holds another config
             (checked for every run before anything trains).
+        RunDirError: Another process runs this sweep (the message names it).
     """
     planned = plan_runs(experiment, scale=scale, seeds=seeds, out=out, overrides=overrides)
+    folder = sweep_folder(out, experiment, scale)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    with FolderLock(folder, "sweep folder"):
+        return _sweep(planned, progress=progress, log=log, builders=builders)
+
+
+def _sweep(
+    planned: list[PlannedRun],
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+    builders: Builders | None,
+) -> dict[str, int]:
+    """The body of :func:`run_experiment`, under the sweep's lock."""
     statuses = [run_status(run) for run in planned]
     todo = sum(status in (NEW, RESUMABLE) for status in statuses)
     counts = {"trained": 0, "resumed": 0, "skipped": 0, "diverged": 0}
@@ -172,7 +222,7 @@ def run_experiment(
                 counts["resumed"] += 1
             elif status == NEW:
                 if run.folder.exists():
-                    shutil.rmtree(run.folder)  # only an unfinished first epoch: no checkpoint
+                    _clear_unfinished(run.folder)
                 summary = train(run.config, run_dir=run.folder, progress=progress, log=None,
                                 builders=builders)
                 counts["trained"] += 1
