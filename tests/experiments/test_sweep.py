@@ -220,3 +220,29 @@ def test_a_folder_filled_after_planning_is_not_trained_over(experiment, tmp_path
         run_experiment(experiment, out=out, seeds=(0, 1), progress=False,
                        log=fill_seed1_with_seed0, builders=tiny_builders())
     assert json.loads((cell / "seed1/summary.json").read_text())["status"] == "completed"
+
+
+def test_a_second_sweep_of_one_folder_is_refused_naming_the_first(experiment, tmp_path):
+    from normlab.experiments.sweep import sweep_folder
+    from normlab.train import RunDirError
+    from normlab.train.run_folder import FolderLock
+
+    out = tmp_path / "out"
+    folder = sweep_folder(out, experiment, "tiny")
+    folder.mkdir(parents=True)
+    with FolderLock(folder, "sweep folder"):
+        with pytest.raises(RunDirError, match=rf"^sweep folder {folder} is in use .*pid \d+"):
+            _sweep(experiment, out, seeds=(0,))
+    assert not list(folder.iterdir()) or [p.name for p in folder.iterdir()] == [".lock"]
+    assert _sweep(experiment, out, seeds=(0,))["trained"] == 2
+
+
+def test_a_sweep_never_deletes_a_checkpoint(experiment, tmp_path):
+    from normlab.experiments.sweep import _clear_unfinished
+    from normlab.train import RunDirError
+
+    (run, *_) = plan_runs(experiment, scale="tiny", seeds=(0,), out=tmp_path / "out")
+    _sweep(experiment, tmp_path / "out", seeds=(0,))
+    with pytest.raises(RunDirError, match="never deletes a checkpoint"):
+        _clear_unfinished(run.folder)
+    assert run_status(run) == "completed"
