@@ -43,6 +43,7 @@ from normlab.norms import (
     unfreeze_norm,
     update_norm_stats,
 )
+import normlab.tasks  # noqa: F401  (registers the training tasks by name)
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,8 @@
-"""The demo trains every cell once, resumes, and builds its report from its own cells."""
+"""The demo trains every cell once, resumes, and builds its report from its own cells.
+
+The tests run at test scale (one epoch of three large batches per cell, 8×8 images, a
+narrow net: seconds); the ``--quick`` demo itself runs in the ``slow`` test.
+"""
 
 import json
 import re
@@ -7,8 +11,9 @@ import pytest
 
 from normlab.experiments import demo
 from normlab.experiments.demo import SETTINGS, DemoSettings, accuracy_cells, run_demo
+from normlab.train import NonFiniteLossError
 
-TINY = DemoSettings(norms=("bn", "bin", "iebn", "sn"), seeds=1, epochs=1, batch_size=64,
+TINY = DemoSettings(norms=("bn", "bin", "iebn", "sn"), seeds=1, epochs=1, batch_size=512,
                     image_size=8, widths=(4, 8, 8))
 
 
@@ -67,8 +72,8 @@ def test_rerun_skips_finished_cells_and_refuses_other_settings(finished, monkeyp
 
 
 def test_a_crashed_run_resumes_with_the_missing_cells(tmp_path, monkeypatch):
-    settings = DemoSettings(norms=("bn", "gn"), seeds=1, epochs=1, image_size=8,
-                            widths=(4, 4, 4))
+    settings = DemoSettings(norms=("bn", "gn"), seeds=1, epochs=1, batch_size=512,
+                            image_size=8, widths=(4, 4, 4))
     real = demo.train_cell
     calls = []
 
@@ -103,3 +108,23 @@ def test_cli_quick_flags(monkeypatch, tmp_path, capsys):
     assert seen["settings"] == DemoSettings.quick(norms=("bn", "sn"))
     assert seen["progress"] is False
     assert "| table |" in capsys.readouterr().out
+
+
+def test_a_diverging_cell_stops_with_the_engines_error_and_writes_nothing(tmp_path):
+    settings = DemoSettings(norms=("bn",), seeds=1, epochs=1, batch_size=512, image_size=8,
+                            widths=(4, 4, 4), lr=1e30)
+    with pytest.raises(NonFiniteLossError, match="after epoch 1|at epoch 1"):
+        run_demo(settings, tmp_path, progress=False)
+    assert not list((tmp_path / "cells").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_the_quick_demo_end_to_end(tmp_path, capsys):
+    assert demo.main(["--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    quick = DemoSettings.quick()
+    cells = list((tmp_path / "cells").glob("*.json"))
+    assert len(cells) == len(quick.norms) * 3 * quick.seeds
+    assert "Test accuracy (%)" in capsys.readouterr().out
+    table = accuracy_cells([json.loads(p.read_text()) for p in cells])
+    assert all(len(table[s]) == len(quick.norms) for s in SETTINGS)
+    assert max(table["clean"]["bn"]) > 50  # the quick preset still learns the digits

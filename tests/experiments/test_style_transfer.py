@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from normlab.cli import main
 from normlab.experiments.style_transfer import StyleSettings, run_style_transfer
@@ -39,3 +40,23 @@ def test_other_settings_and_bad_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["style", "--size", "18"])
     assert "--size must be a multiple of 4" in capsys.readouterr().err
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle runs code",))
+
+
+def test_a_diverging_loss_and_refused_vgg_weights_are_one_line_errors(tmp_path, capsys):
+    args = ["style", "--steps", "2", "--size", "16", "--batch-size", "2", "--content", "coffee",
+            "--norms", "in", "-q"]
+    assert main([*args, "--out", str(tmp_path / "nan"), "--style-weight", "1e300"]) == 1
+    err = capsys.readouterr().err
+    assert "training loss became inf at epoch 1, step 1/2" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "nan" / "norms" / "in.json").exists()
+    torch.save({"features.0.weight": _RunsCode()}, tmp_path / "evil.pth")
+    assert main([*args, "--out", str(tmp_path / "evil"), "--vgg-weights",
+                 str(tmp_path / "evil.pth")]) == 1
+    err = capsys.readouterr().err
+    assert f"--vgg-weights {tmp_path / 'evil.pth'}: cannot be used" in err
+    assert len(err.splitlines()) == 1 and "this pickle runs code" not in capsys.readouterr().out

@@ -11,13 +11,13 @@ from torch import nn
 
 import normlab
 from normlab.data import DeviceLoader, count_primary_correct, create_dataset
+from normlab.tasks.classification import evaluate_classifier as evaluate
 from normlab.train import (
     Builders,
     ConfigError,
     apply_overrides,
     build_setup,
     config_from_dict,
-    evaluate,
     evaluate_run,
     load_checkpoint,
     load_config,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from normlab.train import (
     resume,
     train,
 )
+from normlab.train.run_folder import FolderLock
 
 from .tiny import tiny_builders
 
@@ -191,3 +194,118 @@ def test_compiled_model_trains_and_saves_plain_state(tiny_config, tmp_path, monk
     train(tiny_config(train={"compile": True, "epochs": 1}), builders=tiny_builders(), log=None)
     state = _weights(tmp_path / "runs/tiny/last.pt")
     assert "conv.weight" in state and not any(k.startswith("_orig_mod") for k in state)
+
+
+def _keeping_model(models):
+    """Builders whose model builder remembers the models it made."""
+    base = tiny_builders()
+
+    def model(cfg, *, num_classes, in_chans):
+        models.append(base.model(cfg, num_classes=num_classes, in_chans=in_chans))
+        return models[-1]
+
+    return dataclasses.replace(base, model=model)
+
+
+def _stopped_after_one_good_epoch(folder):
+    ckpt = load_checkpoint(folder / "last.pt")
+    assert ckpt["epoch"] == 1 and load_checkpoint(folder / "best.pt")["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "stopped_nonfinite_loss" and summary["epochs_done"] == 1
+    assert "last good checkpoint" in summary["message"]
+    rows = (folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1]
+
+
+def test_a_blow_up_on_an_epochs_last_step_is_divergence(tiny_config, tmp_path):
+    models = []
+
+    def blow_up(info):  # the last update of epoch 2 leaves infinite weights behind
+        if info.epoch == 1 and info.step == info.steps_per_epoch - 1:
+            with torch.no_grad():
+                models[0].fc.weight.fill_(float("inf"))
+
+    with pytest.raises(NonFiniteLossError, match=r"after epoch 2.*last good checkpoint"):
+        train(tiny_config(train={"epochs": 3}), builders=_keeping_model(models),
+              callbacks=[blow_up], log=None)
+    _stopped_after_one_good_epoch(tmp_path / "runs" / "tiny")
+
+
+class _NanOnPass:
+    """A test loader whose ``bad``-th pass yields NaN inputs (the weights stay finite)."""
+
+    def __init__(self, loader, bad):
+        self.loader, self.bad, self.passes = loader, bad, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        self.passes += 1
+        for x, y in self.loader:
+            yield (x * float("nan") if self.passes == self.bad else x), y
+
+
+def test_a_non_finite_test_loss_is_divergence(tiny_config, tmp_path):
+    base = tiny_builders()
+
+    def loaders(data, *, seed, device):
+        made = base.loaders(data, seed=seed, device=device)
+        return dataclasses.replace(made, test=_NanOnPass(made.test, bad=2))
+
+    with pytest.raises(NonFiniteLossError, match="test_loss became nan after epoch 2"):
+        train(tiny_config(train={"epochs": 3}), builders=dataclasses.replace(base, loaders=loaders),
+              log=None)
+    _stopped_after_one_good_epoch(tmp_path / "runs" / "tiny")
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+def test_a_checkpoint_of_another_norm_is_refused_before_anything_is_written(tiny_config, tmp_path):
+    train(tiny_config(train={"epochs": 1}), builders=tiny_builders(), log=None)
+    folder = tmp_path / "runs" / "tiny"
+    before = _files(folder)
+    message = r"checkpoint was trained with model.norm=bin, config says bn"
+    with pytest.raises(CheckpointError, match=message) as info:
+        resume(folder, overrides=["model.norm=bn"], builders=tiny_builders(), log=None)
+    assert "\n" not in str(info.value)
+    assert _files(folder) == before
+    with pytest.raises(CheckpointError, match=message):
+        evaluate_run(folder, overrides=["model.norm=bn"], builders=tiny_builders())
+    summary = resume(folder, overrides=["train.epochs=2"], builders=tiny_builders(), log=None)
+    assert summary["epochs_done"] == 2 and summary["status"] == "completed"
+
+
+def test_weights_that_do_not_fit_the_model_are_a_one_line_error(tiny_config, tmp_path):
+    train(tiny_config(train={"epochs": 1}), builders=tiny_builders(), log=None)
+    folder = tmp_path / "runs" / "tiny"
+    ckpt = load_checkpoint(folder / "last.pt")
+    del ckpt["config"]  # an old checkpoint: only the tensors can tell
+    ckpt["model"]["fc.weight"] = torch.zeros(3, 8)
+    torch.save(ckpt, folder / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt does not fit the config's model") as info:
+        evaluate_run(folder, checkpoint="other.pt", builders=tiny_builders())
+    assert "\n" not in str(info.value)
+
+
+def test_a_folder_in_use_is_not_resumed(tiny_config, tmp_path):
+    train(tiny_config(train={"epochs": 1}), builders=tiny_builders(), log=None)
+    folder = tmp_path / "runs" / "tiny"
+    before = _files(folder)
+    with FolderLock(folder):
+        with pytest.raises(RunDirError, match=rf"in use by another process \(pid {os.getpid()}"):
+            resume(folder, overrides=["train.epochs=2"], builders=tiny_builders(), log=None)
+    assert _files(folder) == before
+
+
+def test_resume_repairs_the_folder_first(tiny_config, tmp_path):
+    train(tiny_config(train={"epochs": 1}), builders=tiny_builders(), log=None)
+    folder = tmp_path / "runs" / "tiny"
+    (folder / "best.pt.tmp").write_bytes(b"half a checkpoint")
+    lines = []
+    resume(folder, overrides=["train.epochs=2"], builders=tiny_builders(), log=lines.append)
+    assert lines[0] == f"repaired {folder}: removed the unfinished write best.pt.tmp"
+    assert not (folder / "best.pt.tmp").exists()

@@ -9,7 +9,8 @@ import normlab
 from normlab.data import DatasetError
 from normlab.data.photos import content_batches, load_photo, random_crops
 from normlab.models import VGG16Features, create_model
-from normlab.train.style import PerceptualLoss, gram_matrix, train_style_network
+from normlab.tasks.style_transfer import PerceptualLoss, gram_matrix, train_style_network
+from normlab.train import NonFiniteLossError
 
 LAYERS = ("relu1_2", "relu2_2")
 
@@ -63,7 +64,7 @@ def test_training_records_every_step_and_keeps_bin_gates_in_range():
 def test_training_stops_on_a_non_finite_loss_and_on_too_few_batches():
     model = create_model("transformer_net", norm="in", num_residual=1)
     loss = _loss(torch.rand(1, 3, 16, 16))
-    with pytest.raises(FloatingPointError, match="became nan at step 1"):
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 1, step 1/1"):
         train_style_network(model, iter([torch.full((1, 3, 16, 16), float("nan"))]), loss,
                             steps=1)
     with pytest.raises(ValueError, match="ran out after 1 of 2 steps"):

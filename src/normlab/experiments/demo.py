@@ -22,15 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from normlab.data import DeviceLoader, create_dataset
-from normlab.models.cifar_resnet import BasicBlock, CifarResNet
+from normlab.models import CifarResNet
+from normlab.models.resnet_blocks import BasicBlock
 from normlab.norms import (
     list_norms,
     norm_summary,
@@ -39,13 +41,18 @@ from normlab.norms import (
     set_noise,
     set_virtual_batch_size,
 )
-from normlab.train import LRSchedule, Trainer, seed_everything
+from normlab.tasks.classification import ClassificationTask
+from normlab.train.engine import Trainer
+from normlab.train.factory import Loaders
 from normlab.train.records import pin_settings, write_json
+from normlab.train.schedule import LRSchedule
+from normlab.train.seed import seed_everything
 
 __all__ = ["SETTINGS", "DemoSettings", "build_report", "main", "run_demo"]
 
 SETTINGS = ("clean", "small_batch", "noise", "unseen_styles")
 TRAINED_SETTINGS = ("clean", "small_batch", "noise")
+EVAL_BATCH = 256
 SETTING_TITLES = {
     "clean": "clean",
     "small_batch": "BN stats over 2 samples",
@@ -127,10 +134,29 @@ def _model(settings: DemoSettings, norm: str, setting: str) -> torch.nn.Module:
     return model
 
 
+def demo_loaders(settings: DemoSettings, seed: int, data: dict[str, Any]) -> Loaders:
+    """The cell's loaders: shuffled training digits (no flips: digits are not symmetric)
+    and the held-out digits in the training styles."""
+    device = torch.device(settings.device)
+    train = DeviceLoader(data["train"], settings.batch_size, train=True, seed=seed,
+                         device=device, flip=False)
+    test = DeviceLoader(data["test"], EVAL_BATCH, train=False, device=device)
+    return Loaders(train, test, num_classes=10, in_chans=3)
+
+
 def train_cell(
     settings: DemoSettings, setting: str, norm: str, seed: int, data: dict[str, Any]
 ) -> Cell:
-    """Train and evaluate one cell (see the module docstring for the settings)."""
+    """Train and evaluate one cell (see the module docstring for the settings).
+
+    The classification task on the engine (:class:`~normlab.train.engine.Trainer`): SGD
+    with Nesterov momentum over :func:`normlab.norms.param_groups`, a cosine schedule after
+    a linear warm-up, :func:`normlab.norms.post_step` after every update, the engine's NaN
+    stops; the test split is evaluated after the last epoch.
+
+    Raises:
+        NonFiniteLossError: The cell diverged (nothing is written for it).
+    """
     start = time.perf_counter()
     device = torch.device(settings.device)
     seed_everything(seed)
@@ -141,21 +167,22 @@ def train_cell(
     )
     schedule = LRSchedule("cosine", float(settings.epochs),
                           warmup_epochs=min(1.0, settings.epochs / 4), warmup_start_factor=0.1)
-    trainer = Trainer(model, optimizer, schedule, device=device, post_step=post_step,
-                      progress=False)
-    loader = DeviceLoader(data["train"], settings.batch_size, train=True, seed=seed,
-                          device=device, flip=False)
+    task = ClassificationTask()
+    trainer = Trainer(model, optimizer, schedule, task=task, device=device,
+                      post_step=post_step, progress=False)
+    loaders = demo_loaders(settings, seed, data)
+    row: dict[str, Any] = {}
     for epoch in range(settings.epochs):
-        train_metrics = trainer.train_epoch(loader, epoch)
-    test = trainer.evaluate(DeviceLoader(data["test"], 256, train=False, device=device))
+        row = trainer.run_epoch(loaders, epoch, evaluate=epoch == settings.epochs - 1)
     unseen = None
     summary: list[dict[str, Any]] = []
     if setting == "clean":
-        unseen_loader = DeviceLoader(data["test_unseen_styles"], 256, train=False, device=device)
-        unseen = trainer.evaluate(unseen_loader)["test_acc"]
-        probe = next(iter(DeviceLoader(data["test"], 256, train=False, device=device)))[0]
+        unseen_loader = DeviceLoader(data["test_unseen_styles"], EVAL_BATCH, train=False,
+                                     device=device)
+        unseen = trainer.evaluate(unseen_loader, task.eval_metric(loaders, device))["test_acc"]
+        probe = next(iter(loaders.test))[0]
         summary = norm_summary(model.eval(), inputs=probe)
-    return Cell(setting, norm, seed, test["test_acc"], unseen, train_metrics["train_acc"],
+    return Cell(setting, norm, seed, row["test_acc"], unseen, row["train_acc"],
                 time.perf_counter() - start, summary)
 
 
@@ -191,9 +218,7 @@ def run_demo(settings: DemoSettings, out: str | Path, *, progress: bool = True) 
     return build_report(out, settings)
 
 
-def _bar(todo, total, progress):
-    from tqdm.auto import tqdm
-
+def _bar(todo: list[tuple[str, str, int]], total: int, progress: bool) -> Any:
     return tqdm(todo, total=len(todo), initial=0, desc=f"demo ({total - len(todo)}/{total} "
                 "cells already done)", unit="cell", disable=not progress, dynamic_ncols=True)
 
@@ -234,7 +259,14 @@ def build_report(out: str | Path, settings: DemoSettings) -> Path:
     return report
 
 
-def _report_text(settings, table, norms, cells, figures, markdown_table) -> str:
+def _report_text(
+    settings: DemoSettings,
+    table: dict[str, dict[str, list[float]]],
+    norms: list[str],
+    cells: list[dict[str, Any]],
+    figures: list[str],
+    markdown_table: Callable[..., str],
+) -> str:
     minutes = sum(c["seconds"] for c in cells) / 60
     seeds = sorted({c["seed"] for c in cells})
     lines = [

@@ -1,7 +1,8 @@
 """``normlab style``: fast style transfer with every norm, as in the papers' stylization figures.
 
 One :class:`~normlab.models.TransformerNet` per norm is trained from the same seed on the
-same content batches against one style image (:mod:`normlab.train.style`). The report
+same content batches against one style image
+(:mod:`normlab.tasks.style_transfer`). The report
 draws the content and style losses against the step — the IEBN paper's Figs. 3 and 5 (BN,
 IN, SE, IEBN), the SN paper's Figs. 15 and 16a (IN, BN, SN), BIN's comparison (IN, BIN) —
 and a grid of held-out images stylized by each network (IEBN Fig. 2).
@@ -22,9 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,9 +39,10 @@ from normlab.data.photos import (
 )
 from normlab.data.seeding import seeded_generator
 from normlab.models import VGG16Features, create_model
-from normlab.train.checkpoint import atomic_save
+from normlab.norms import post_step
+from normlab.tasks.style_transfer import PerceptualLoss, loss_network, train_style_network
 from normlab.train.records import pin_settings, write_json, write_text_atomic
-from normlab.train.style import PerceptualLoss, train_style_network
+from normlab.train.run_folder import atomic_save
 
 __all__ = ["NORMS", "StyleSettings", "main", "run_style_transfer", "style_report"]
 
@@ -78,8 +81,7 @@ def _network(norm: str) -> torch.nn.Module:
 
 
 def _vgg(settings: StyleSettings) -> VGG16Features:
-    torch.manual_seed(settings.seed)
-    return VGG16Features(weights=settings.vgg_weights)
+    return loss_network(settings.vgg_weights, settings.seed)
 
 
 def _test_crops(settings: StyleSettings) -> torch.Tensor:
@@ -87,35 +89,19 @@ def _test_crops(settings: StyleSettings) -> torch.Tensor:
                         seeded_generator(settings.seed, 1))
 
 
-def _train_one(norm: str, settings: StyleSettings, folder: Path, progress: bool) -> dict:
-    import normlab
-
+def _train_one(
+    norm: str, settings: StyleSettings, folder: Path, progress: bool
+) -> dict[str, Any]:
     photos = [load_photo(name) for name in settings.content]
     style = load_photo(settings.style)[None]
     loss = PerceptualLoss(_vgg(settings), style, content_weight=settings.content_weight,
                           style_weight=settings.style_weight, tv_weight=settings.tv_weight)
     torch.manual_seed(settings.seed)
     model = _network(norm)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=settings.steps, desc=f"style {norm}", leave=False, dynamic_ncols=True)
-
-    def show(step: int, losses: dict[str, float]) -> None:
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(content=f"{losses['content']:.3g}", style=f"{losses['style']:.3g}")
-
-    try:
-        history = train_style_network(
-            model, content_batches(photos, settings.batch_size, settings.size, settings.seed),
-            loss, steps=settings.steps, lr=settings.lr, post_step=normlab.post_step,
-            progress=show if bar is not None else None,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+    history = train_style_network(
+        model, content_batches(photos, settings.batch_size, settings.size, settings.seed),
+        loss, steps=settings.steps, lr=settings.lr, post_step=post_step, progress=progress,
+    )
     model.eval()
     with torch.no_grad():
         outputs = model(_test_crops(settings)).clamp(0, 1)
@@ -131,7 +117,7 @@ def run_style_transfer(
     out: str | Path = "style",
     *,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> Path:
     """Train one network per norm (skipping finished ones), then write the report.
 

@@ -27,6 +27,7 @@ from normlab.train.evaluation import LoadedRun, evaluate_run, load_run
 from normlab.train.runner import Builders, build_setup, resume, train
 from normlab.train.schedule import LRSchedule, scaled_lr
 from normlab.train.seed import get_rng_state, seed_everything, set_rng_state
+from normlab.train.task import Task, get_task, list_tasks, register_task
 
 __all__ = [
     "Builders",
@@ -38,6 +39,7 @@ __all__ = [
     "NonFiniteLossError",
     "RunDirError",
     "StepInfo",
+    "Task",
     "Trainer",
     "apply_overrides",
     "atomic_save",
@@ -49,10 +51,13 @@ __all__ = [
     "evaluate_run",
     "find_config",
     "get_rng_state",
+    "get_task",
     "list_configs",
+    "list_tasks",
     "load_config",
     "load_run",
     "load_checkpoint",
+    "register_task",
     "resume",
     "save_checkpoint",
     "save_config",

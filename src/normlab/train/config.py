@@ -302,6 +302,7 @@ class Config:
     """A complete, resolved run config."""
 
     description: str = ""
+    task: str = "classification"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -1,34 +1,44 @@
-"""The training loop: one epoch of SGD steps and one evaluation pass.
+"""The training loop of every task: epochs of steps, evaluation passes and divergence stops.
 
-Every step: set the learning rate from the schedule, forward (bfloat16 autocast on CUDA if
-asked), check that the loss is finite, backward, optional gradient-norm clipping,
-``optimizer.step()``, then ``normlab.post_step(model)`` (e.g. clamps BIN gates to [0, 1]).
-A NaN or infinite loss raises :class:`~normlab.train.errors.NonFiniteLossError` *before*
-the update, so neither the weights in memory nor any checkpoint on disk see it.
+Every step: set the learning rate from the schedule, forward and loss through the task
+(bfloat16 autocast on CUDA if asked), check that the loss is finite on every process,
+backward, optional gradient-norm clipping, ``optimizer.step()``, then ``post_step(model)``
+(e.g. :func:`normlab.norms.post_step`, which clamps BIN gates to [0, 1]). A NaN or infinite
+loss raises :class:`~normlab.train.errors.NonFiniteLossError` *before* the update.
 
-The loop is data-agnostic: loaders are iterables of ``(x, y)`` batches on the training
-device with ``len()``; ``set_epoch(epoch)`` is called when the loader has it. With several
-processes (:mod:`normlab.train.parallel`) each one trains on its share of every batch
-through ``DistributedDataParallel``, and the epoch's counts are summed over processes.
+After an epoch (:meth:`Trainer.run_epoch`) the weights and every evaluated ``*_loss`` must
+be finite too: a loss that blows up on an epoch's last step leaves non-finite weights or a
+non-finite test loss behind, and that epoch counts as divergence (the caller keeps the
+previous good checkpoint).
+
+The loop knows nothing of the task: batches go to :meth:`~normlab.train.task.Task.training_step`
+and :meth:`~normlab.train.task.Task.eval_step`, and the task's metrics reduce themselves
+over processes. Loaders are iterables of batches on the training device with ``len()``;
+``set_epoch(epoch)`` is called when the loader has it. With several processes
+(:mod:`normlab.train.parallel`) each one trains on its share of every batch through
+``DistributedDataParallel``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from normlab.train.errors import NonFiniteLossError
+from normlab.train.factory import Loaders
 from normlab.train.parallel import SINGLE, Parallel
 from normlab.train.schedule import LRSchedule
+from normlab.train.task import Forward, Metric, StepResult, Task
 
-__all__ = ["StepInfo", "Trainer", "evaluate"]
+__all__ = ["StepInfo", "Trainer", "evaluate", "first_non_finite"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class StepInfo:
         steps_per_epoch: Steps in this epoch.
         lr: Learning rate of the first parameter group for this step.
         loss: The step's loss as a 0-d tensor (detached; reading it synchronizes CUDA).
+        output: The task's step output (e.g. logits, or a dict of loss terms), detached.
     """
 
     epoch: int
@@ -48,6 +59,7 @@ class StepInfo:
     steps_per_epoch: int
     lr: float
     loss: torch.Tensor
+    output: Any = None
 
 
 StepCallback = Callable[[StepInfo], None]
@@ -63,30 +75,45 @@ def _autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def _as_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if channels_last and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+def _input_layout(forward: Callable[..., Any], channels_last: bool) -> Forward:
+    """``forward`` fed channels-last copies of 4-d inputs when ``channels_last``."""
+    if not channels_last:
+        return forward
+
+    def run(x: torch.Tensor) -> Any:
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return forward(x)
+
+    return run
+
+
+def first_non_finite(model: nn.Module) -> str | None:
+    """Name of the first floating parameter or buffer holding a NaN or infinity, or ``None``."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 class Trainer:
-    """Runs training epochs and evaluations of one model.
+    """Runs training epochs and evaluations of one model for one task.
 
     Args:
         model: The network, already on ``device``.
         optimizer: Optimizer whose groups carry ``initial_lr`` (the schedule multiplies it).
         schedule: Learning-rate schedule in epochs.
+        task: What a batch means: loss, metrics (:class:`~normlab.train.task.Task`).
         device: Training device.
         amp: ``"none"`` or ``"bf16"``; bfloat16 autocast is used on CUDA only.
         channels_last: Feed channels-last inputs (CUDA only; the model is converted by the
             caller).
         compile: Run the forward pass through ``torch.compile``.
         grad_clip: Maximum global gradient norm, or ``None``.
-        label_smoothing: Cross-entropy label smoothing.
         post_step: Called with the model after every optimizer step
-            (``normlab.post_step``).
+            (:func:`normlab.norms.post_step`).
         callbacks: Called with a :class:`StepInfo` after every optimizer step.
-        progress: Show a tqdm progress bar with ETA for each epoch.
+        progress: Show a tqdm progress bar with ETA and throughput for each epoch.
         parallel: This process's place among the training processes; with more than one,
             training runs through ``DistributedDataParallel`` and loaders must yield this
             process's share of each batch.
@@ -98,12 +125,12 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         schedule: LRSchedule,
         *,
+        task: Task,
         device: torch.device,
         amp: str = "none",
         channels_last: bool = False,
         compile: bool = False,
         grad_clip: float | None = None,
-        label_smoothing: float = 0.0,
         post_step: Callable[[nn.Module], None] = _no_post_step,
         callbacks: Sequence[StepCallback] = (),
         progress: bool = True,
@@ -112,21 +139,23 @@ class Trainer:
         if amp not in ("none", "bf16"):
             raise ValueError(f"train.amp must be 'none' or 'bf16', got {amp!r}")
         self.model = model
+        self.task = task
         self.parallel = parallel
-        self.forward = torch.compile(model) if compile else model
-        self.train_forward = self.forward
+        self.use_amp = amp == "bf16" and device.type == "cuda"
+        self.channels_last = channels_last and device.type == "cuda"
+        plain: Callable[..., Any] = torch.compile(model) if compile else model
+        replicated: Callable[..., Any] = plain
         if parallel.enabled:
-            replicated = nn.parallel.DistributedDataParallel(
+            ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-            self.train_forward = torch.compile(replicated) if compile else replicated
+            replicated = torch.compile(ddp) if compile else ddp
+        self.forward = _input_layout(plain, self.channels_last)
+        self.train_forward = _input_layout(replicated, self.channels_last)
         self.optimizer = optimizer
         self.schedule = schedule
         self.device = device
-        self.use_amp = amp == "bf16" and device.type == "cuda"
-        self.channels_last = channels_last and device.type == "cuda"
         self.grad_clip = grad_clip
-        self.label_smoothing = label_smoothing
         self.post_step = post_step
         self.callbacks = list(callbacks)
         self.progress = progress
@@ -138,24 +167,27 @@ class Trainer:
         factor = self.schedule.factor(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def _bar(self, loader: Iterable[Any], total: int, desc: str) -> Any:
+        """``loader`` itself, or wrapped in a progress bar (ETA and steps/s) when asked.
+
+        The plain ``tqdm`` class, not ``tqdm.auto``: the latter calls ``iter(loader)`` once
+        more on construction, which advances an epoch-counting loader.
+        """
         if not self.progress:
             return loader
-        from tqdm.auto import tqdm
-
-        return tqdm(loader, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        return tqdm(loader, total=total, desc=desc, leave=False, dynamic_ncols=True, unit="step")
 
     def train_epoch(self, loader: Iterable[Any], epoch: int) -> dict[str, float]:
         """Train one epoch.
 
         Args:
-            loader: Training batches ``(x, y)`` with ``len()``.
+            loader: Training batches with ``len()``.
             epoch: Zero-based epoch (sets the schedule position and the loader's epoch).
 
         Returns:
-            ``lr`` (at the epoch's first step), ``train_loss``, ``train_acc`` (percent).
+            ``lr`` (at the epoch's first step) and the task's training metrics.
 
         Raises:
             NonFiniteLossError: The loss became NaN or infinite; no update was applied.
@@ -164,17 +196,14 @@ class Trainer:
             loader.set_epoch(epoch)
         steps = len(loader)  # type: ignore[arg-type]
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen = 0
+        metric = self.task.train_metric(self.device)
         first_lr = self.set_lr(float(epoch))
         bar = self._bar(loader, steps, f"epoch {epoch + 1}")
-        for step, (x, y) in enumerate(bar):
+        for step, batch in enumerate(bar):
             lr = self.set_lr(epoch + step / steps)
             with _autocast(self.use_amp):
-                logits = self.train_forward(_as_input(x, self.channels_last))
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-            value = loss.detach()
+                result = self.task.training_step(self.train_forward, batch)
+            value = result.loss.detach()
             if not self.parallel.all_true(torch.isfinite(value)):
                 raise NonFiniteLossError(
                     f"training loss became {value.item()} at epoch {epoch + 1}, step "
@@ -185,105 +214,113 @@ class Trainer:
                     value=value.item(),
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(result.loss)
             if self.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
             self.post_step(self.model)
-            loss_sum += value * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
-            info = StepInfo(epoch=epoch, step=step, steps_per_epoch=steps, lr=lr, loss=value)
+            metric.update(batch, StepResult(value, result.output))
+            info = StepInfo(epoch, step, steps, lr, value, result.output)
             for callback in self.callbacks:
                 callback(info)
             if self.progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{value.item():.3f}", lr=f"{lr:.4g}")
-        loss_sum, correct, total = self.parallel.sum(
-            loss_sum, correct, torch.tensor(seen, device=self.device)
-        )
-        if total == 0:
-            raise ValueError("the training loader yielded no batches")
-        return {
-            "lr": first_lr,
-            "train_loss": loss_sum.item() / total.item(),
-            "train_acc": 100.0 * correct.item() / total.item(),
-        }
+        return {"lr": first_lr, **metric.compute(self.parallel)}
 
-    def evaluate(self, loader: Iterable[Any], *, classes: int | None = None) -> dict[str, float]:
-        """Evaluate the model on ``loader`` (see :func:`evaluate`)."""
+    def evaluate(self, loader: Iterable[Any], metric: Metric) -> dict[str, float]:
+        """Evaluate the model on ``loader`` into ``metric`` (see :func:`evaluate`)."""
         return evaluate(
+            self.task,
             self.model,
             loader,
-            device=self.device,
+            metric,
             amp="bf16" if self.use_amp else "none",
-            channels_last=self.channels_last,
             forward=self.forward,
-            classes=classes,
             parallel=self.parallel,
         )
+
+    def check_finite(self, row: dict[str, Any], epoch: int, steps: int) -> None:
+        """Raise if the weights or any ``*_loss`` of an epoch's row are not finite.
+
+        Raises:
+            NonFiniteLossError: Divergence that the per-step check could not see (a loss
+                that blew up on the epoch's last update shows only in the weights or the
+                evaluation).
+        """
+        losses = [(k, v) for k, v in row.items() if k.endswith("loss") and not math.isfinite(v)]
+        broken = first_non_finite(self.model)
+        diverged = bool(losses) or broken is not None
+        if not self.parallel.all_true(torch.tensor(not diverged, device=self.device)):
+            key, value = losses[0] if losses else ("weights", math.nan)
+            what = f"{key} became {value}" if losses else (
+                f"the weights became non-finite ({broken or 'on another process'})"
+            )
+            raise NonFiniteLossError(
+                f"{what} after epoch {epoch + 1}; that epoch is not kept. Try a lower "
+                "optim.lr, optim.grad_clip=1.0, or train.amp=none.",
+                epoch=epoch,
+                step=max(steps - 1, 0),
+                value=value,
+            )
+
+    def run_epoch(self, loaders: Loaders, epoch: int, *, evaluate: bool = True) -> dict[str, Any]:
+        """Train epoch ``epoch`` (zero-based), evaluate on ``loaders.test`` when asked and
+        check for divergence.
+
+        Returns:
+            The epoch's row: ``epoch`` (finished epochs), ``lr``, the training and
+            evaluation metrics, ``eval_time_s`` and ``time_s`` (wall clock).
+
+        Raises:
+            NonFiniteLossError: The training loss, an evaluation loss or the weights are
+                not finite; the epoch must not be recorded.
+        """
+        start = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update(self.train_epoch(loaders.train, epoch))
+        if evaluate:
+            row.update(self.evaluate(loaders.test, self.task.eval_metric(loaders, self.device)))
+        self.check_finite(row, epoch, len(loaders.train))
+        row["time_s"] = time.perf_counter() - start
+        return row
 
 
 @torch.no_grad()
 def evaluate(
+    task: Task,
     model: nn.Module,
     loader: Iterable[Any],
+    metric: Metric,
     *,
-    device: torch.device,
     amp: str = "none",
     channels_last: bool = False,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    classes: int | None = None,
+    forward: Forward | None = None,
     parallel: Parallel = SINGLE,
 ) -> dict[str, float]:
-    """Evaluate a classifier in eval mode (running or batch-averaged norm statistics).
+    """Evaluate a model in eval mode (running or batch-averaged norm statistics).
 
     Args:
+        task: Turns a batch into what ``metric`` reads (:meth:`Task.eval_step`).
         model: The network (switched to eval mode).
-        loader: Batches ``(x, y)`` on ``device``.
-        device: Device of the batches.
+        loader: Batches on the model's device.
+        metric: A fresh metric of the task (:meth:`Task.eval_metric`).
         amp: ``"bf16"`` for bfloat16 autocast on CUDA; a no-op elsewhere.
         channels_last: Feed channels-last inputs (CUDA only).
         forward: Callable used for the forward pass (e.g. the compiled model);
             default ``model``.
-        classes: Score only the first ``classes`` outputs, as a classifier over those
-            classes (the primary classes of a mixed-data run: loss, top-1 and top-5 all
-            use these columns); ``None`` scores all outputs.
-        parallel: With several processes, each evaluates its share of every batch and
-            the counts are summed, so every process returns the whole test set's metrics.
+        parallel: With several processes, each evaluates its share of every batch and the
+            metric reduces over processes, so every process returns the whole set's metrics.
 
     Returns:
-        ``test_loss``, ``test_acc`` and ``test_acc5`` (top-1/top-5, percent) and
-        ``eval_time_s``.
+        The metric's values and ``eval_time_s``.
     """
-    from normlab.data import primary_logits
-
     start = time.perf_counter()
-    forward = model if forward is None else forward
+    device = next(model.parameters(), torch.empty(0)).device
+    run = _input_layout(model if forward is None else forward,
+                        channels_last and device.type == "cuda")
     model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    top1 = torch.zeros((), device=device, dtype=torch.int64)
-    top5 = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    for x, y in loader:
+    for batch in loader:
         with _autocast(amp == "bf16" and device.type == "cuda"):
-            logits = forward(_as_input(x, channels_last and device.type == "cuda")).float()
-        if classes is not None:
-            logits = primary_logits(logits, classes)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == y[:, None]
-        top1 += hits[:, 0].sum()
-        top5 += hits.any(dim=1).sum()
-        seen += y.shape[0]
-    loss_sum, top1, top5, total = parallel.sum(
-        loss_sum, top1, top5, torch.tensor(seen, device=device)
-    )
-    if total == 0:
-        raise ValueError("the evaluation loader yielded no batches")
-    seen = total.item()
-    return {
-        "test_loss": loss_sum.item() / seen,
-        "test_acc": 100.0 * top1.item() / seen,
-        "test_acc5": 100.0 * top5.item() / seen,
-        "eval_time_s": time.perf_counter() - start,
-    }
+            output = task.eval_step(run, batch)
+        metric.update(batch, output)
+    return {**metric.compute(parallel), "eval_time_s": time.perf_counter() - start}

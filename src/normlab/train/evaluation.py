@@ -18,12 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from normlab.train.checkpoint import LAST, load_checkpoint, resolve_checkpoint
+from normlab.norms import update_norm_stats
 from normlab.train.config import Config, load_config
 from normlab.train.engine import evaluate
-from normlab.train.errors import RunDirError
 from normlab.train.factory import Loaders
-from normlab.train.runner import CONFIG_FILE, Builders, build_setup
+from normlab.train.run_folder import CONFIG, LAST, RunFolder, resolve_checkpoint
+from normlab.train.runner import Builders, build_setup, check_checkpoint, load_weights
+from normlab.train.task import Task, get_task
 
 __all__ = ["LoadedRun", "evaluate_run", "load_run"]
 
@@ -31,15 +32,16 @@ __all__ = ["LoadedRun", "evaluate_run", "load_run"]
 def _inputs(loader: Any, limit: int) -> Iterator[torch.Tensor]:
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(0)
-    for x, _ in islice(loader, limit):
-        yield x
+    for batch in islice(loader, limit):
+        yield batch[0]
 
 
 @dataclass
 class LoadedRun:
-    """A run folder's config, data and network with a checkpoint's weights loaded."""
+    """A run folder's config, task, data and network with a checkpoint's weights loaded."""
 
     config: Config
+    task: Task
     checkpoint: Path
     epoch: int
     device: torch.device
@@ -60,18 +62,19 @@ def load_run(
 
     Raises:
         RunDirError: No ``config.yaml`` in ``run_dir``.
-        CheckpointError: Missing or corrupt checkpoint.
+        CheckpointError: Missing or corrupt checkpoint, or one of another architecture
+            than the config (with ``overrides``) describes.
     """
-    folder = Path(run_dir)
-    if not (folder / CONFIG_FILE).is_file():
-        raise RunDirError(f"{folder} has no {CONFIG_FILE}; it is not a normlab run folder")
-    config = load_config(folder / CONFIG_FILE, list(overrides))
-    given, inside = Path(checkpoint), folder / checkpoint
+    folder = RunFolder.open(run_dir)
+    config = load_config(folder.path / CONFIG, list(overrides))
+    given, inside = Path(checkpoint), folder.checkpoint_path(checkpoint)
     path = resolve_checkpoint(given if given.is_file() and not inside.is_file() else inside)
-    ckpt = load_checkpoint(path)
-    device, loaders, model = build_setup(config, builders)
-    model.load_state_dict(ckpt["model"])
-    return LoadedRun(config, path, int(ckpt["epoch"]), device, loaders, model)
+    ckpt = folder.load_checkpoint(path)
+    check_checkpoint(ckpt, config, path)
+    task = get_task(config.task).from_config(config)
+    device, loaders, model = build_setup(config, builders, task=task)
+    load_weights(model, ckpt, path)
+    return LoadedRun(config, task, path, int(ckpt["epoch"]), device, loaders, model)
 
 
 def evaluate_run(
@@ -95,8 +98,9 @@ def evaluate_run(
         builders: Replacement builders (tests).
 
     Returns:
-        ``checkpoint``, ``epoch`` and ``test_loss``/``test_acc``/``test_acc5`` with the
-        stored statistics (a mixed-data run: on the primary classes, as in training); with
+        ``checkpoint``, ``epoch`` and the task's evaluation metrics (classification:
+        ``test_loss``/``test_acc``/``test_acc5``; a mixed-data run scores the primary
+        classes, as in training) with the stored statistics; with
         ``recompute_stats``, also ``recomputed`` holding the same metrics after
         batch-average re-estimation and ``num_batches``.
 
@@ -104,24 +108,21 @@ def evaluate_run(
         RunDirError: No ``config.yaml`` in ``run_dir``.
         CheckpointError: Missing or corrupt checkpoint.
     """
+    if recompute_stats is not None and recompute_stats < 1:
+        raise ValueError("recompute_stats must be a positive number of batches")
     run = load_run(run_dir, checkpoint=checkpoint, overrides=overrides, builders=builders)
-    config, loaders, model = run.config, run.loaders, run.model
-    kwargs = {
-        "device": run.device,
-        "amp": config.train.amp,
-        "channels_last": config.train.channels_last,
-        "classes": loaders.test_classes,
-    }
-    result: dict[str, Any] = {"checkpoint": str(run.checkpoint), "epoch": run.epoch}
-    result.update(evaluate(model, loaders.test, **kwargs))
-    if recompute_stats is not None:
-        if recompute_stats < 1:
-            raise ValueError("recompute_stats must be a positive number of batches")
-        import normlab
+    loaders, model = run.loaders, run.model
 
-        available = len(loaders.train)
-        num = min(recompute_stats, available)
-        normlab.update_norm_stats(model, _inputs(loaders.train, num), num)
+    def score() -> dict[str, float]:
+        metric = run.task.eval_metric(loaders, run.device)
+        return evaluate(run.task, model, loaders.test, metric, amp=run.config.train.amp,
+                        channels_last=run.config.train.channels_last)
+
+    result: dict[str, Any] = {"checkpoint": str(run.checkpoint), "epoch": run.epoch}
+    result.update(score())
+    if recompute_stats is not None:
+        num = min(recompute_stats, len(loaders.train))
+        update_norm_stats(model, _inputs(loaders.train, num), num)
         result["num_batches"] = num
-        result["recomputed"] = evaluate(model, loaders.test, **kwargs)
+        result["recomputed"] = score()
     return result

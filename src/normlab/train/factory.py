@@ -1,8 +1,8 @@
 """Build the pieces of a run from its config: device, data loaders, model, optimizer.
 
 Each builder reads one config section and calls the public API of the layer it needs
-(``normlab.data``, ``normlab.models``, ``normlab.param_groups``); those are imported when
-called, so ``normlab.train`` imports without them and tests can substitute builders.
+(``normlab.data``, ``normlab.models``, :func:`normlab.norms.param_groups`). Tasks
+(:mod:`normlab.tasks`) decide which builders a run uses; tests can substitute them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from normlab.data import DeviceLoader, MixedLoader, create_dataset, dataset_info
+from normlab.models import create_model
+from normlab.norms import param_groups, set_noise, set_virtual_batch_size
 from normlab.train.config import DataConfig, MixConfig, ModelConfig, OptimConfig
 from normlab.train.errors import ConfigError
 from normlab.train.schedule import scaled_lr
@@ -64,8 +67,6 @@ class Loaders:
 
 def _secondary_options(mix: MixConfig, primary: Any) -> dict[str, Any]:
     """``mix.kwargs`` plus the primary's ``size``/``channels`` where the reader takes them."""
-    from normlab.data import dataset_info
-
     channels, height, width = primary.image_shape
     shape = {"channels": channels, **({"size": height} if height == width else {})}
     accepted = dataset_info(mix.dataset).options
@@ -80,8 +81,6 @@ def _mixed_train_loader(
     Raises:
         ConfigError: The two data sets cannot be mixed (e.g. different image shapes).
     """
-    from normlab.data import MixedLoader, create_dataset
-
     options = _secondary_options(mix, primary)
     secondary = create_dataset(mix.dataset, root=mix.root, split="train", **options)
     try:
@@ -106,8 +105,6 @@ def build_loaders(data: DataConfig, *, seed: int, device: torch.device) -> Loade
     With ``data.mix``, training batches mix in the secondary data set and the test split
     is scored on the primary classes only (see :class:`~normlab.train.config.MixConfig`).
     """
-    from normlab.data import DeviceLoader, create_dataset
-
     train_set = create_dataset(data.name, root=data.root, split=data.train_split, **data.kwargs)
     test_set = create_dataset(data.name, root=data.root, split=data.test_split, **data.kwargs)
     in_chans = int(train_set.images.shape[1])
@@ -144,15 +141,11 @@ def build_model(model: ModelConfig, *, num_classes: int, in_chans: int) -> nn.Mo
     Raises:
         ConfigError: ``model.num_classes`` is fewer than the data's labels need.
     """
-    from normlab.models import create_model
-
     if model.num_classes is not None and model.num_classes < num_classes:
         raise ConfigError(
             f"model.num_classes={model.num_classes} is fewer than the {num_classes} classes "
             "of the data (with data.mix: primary + secondary); leave it null"
         )
-    from normlab.norms import set_noise, set_virtual_batch_size
-
     net = create_model(
         model.name,
         num_classes=model.num_classes or num_classes,
@@ -160,7 +153,8 @@ def build_model(model: ModelConfig, *, num_classes: int, in_chans: int) -> nn.Mo
         norm=model.norm,
         **model.kwargs,
     )
-    set_noise(net, model.noise)
+    noise = None if model.noise is None else (float(model.noise[0]), float(model.noise[1]))
+    set_noise(net, noise)
     return set_virtual_batch_size(net, model.virtual_batch_size)
 
 
@@ -171,12 +165,10 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> to
     ``optim.lr_reference_batch`` is set. The :class:`~normlab.train.engine.Trainer`
     keeps each group's starting lr as ``initial_lr``, which the schedule multiplies.
     """
-    import normlab
-
     if optim.name != "sgd":
         raise ConfigError(f"optim.name {optim.name!r} is not supported; use sgd")
     lr = scaled_lr(optim, batch_size)
-    groups = normlab.param_groups(model, lr, optim.weight_decay, **optim.param_groups)
+    groups = param_groups(model, lr, optim.weight_decay, **optim.param_groups)
     return torch.optim.SGD(
         groups,
         lr=lr,

@@ -1,26 +1,30 @@
 """A training run from a config to a complete run folder, and its exact resumption.
 
-Run folder layout::
-
-    RUN_DIR/
-      config.yaml     resolved config (what `normlab train --resume RUN_DIR` uses)
-      metrics.jsonl   one row per finished epoch
-      summary.json    status, final/best accuracy, time, environment (updated every epoch)
-      last.pt prev.pt best.pt   checkpoints (see normlab.train.checkpoint)
+The run folder (:class:`~normlab.train.run_folder.RunFolder`) holds ``config.yaml``,
+``metrics.jsonl``, ``summary.json`` and the checkpoints ``last.pt``, ``prev.pt``,
+``best.pt``. A run creates its folder exclusively and holds the folder's lock for the whole
+run (rank 0 under torchrun), so two runs never write one folder.
 
 Epochs are counted as *finished epochs*: the checkpoint and the metrics row of epoch ``k``
-hold the state after ``k`` epochs. A checkpoint stores the model, the optimizer (with each
-group's ``initial_lr``), every global random generator, the loader's state when it has one,
-the best accuracy so far and the elapsed time; the schedule is a pure function of the epoch.
-So on CPU, 2 epochs straight and 1 + resume + 1 give bit-identical weights, and a run that
-crashed mid-epoch resumes from its last finished epoch as if nothing had happened.
+hold the state after ``k`` epochs. An epoch is committed (checkpoint, best checkpoint,
+metrics row, summary, in that order) only after its divergence checks pass: a NaN or
+infinite training loss, evaluation loss or weight stops the run and ``last.pt`` stays the
+last good epoch. A checkpoint stores the model, the optimizer (with each group's
+``initial_lr``), every global random generator, the loader's state when it has one, the
+best value of the task's monitored metric and the elapsed time; the schedule is a pure
+function of the epoch. So on CPU, 2 epochs straight and 1 + resume + 1 give bit-identical
+weights, and a run that crashed mid-epoch resumes from its last finished epoch as if
+nothing had happened.
+
+What is trained is the config's ``task`` (:mod:`normlab.train.task`); the runner never
+looks inside a batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,25 +33,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from normlab.distributed import to_sync
+from normlab.norms import post_step
 from normlab.train import factory
-from normlab.train.checkpoint import LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
-from normlab.train.config import Config, config_to_dict, load_config, save_config
+from normlab.train.config import Config, config_to_dict, config_to_yaml, load_config
 from normlab.train.engine import StepCallback, Trainer
-from normlab.train.errors import ConfigError, NonFiniteLossError, RunDirError
+from normlab.train.errors import CheckpointError, ConfigError, NonFiniteLossError
 from normlab.train.parallel import Parallel, ShardedLoader, from_environment
-from normlab.train.records import SUMMARY, MetricsLog, TensorBoardLog, environment, write_json
+from normlab.train.records import TensorBoardLog, environment
+from normlab.train.run_folder import CONFIG, LAST, RunFolder, resolve_checkpoint
 from normlab.train.schedule import LRSchedule
 from normlab.train.seed import get_rng_state, seed_everything, set_rng_state
+from normlab.train.task import Task, get_task
 
-__all__ = ["Builders", "build_setup", "new_run_dir", "resume", "train"]
+__all__ = ["Builders", "build_setup", "check_checkpoint", "load_weights", "resume", "train"]
 
-CONFIG_FILE = "config.yaml"
-
-
-def _default_post_step(model: nn.Module) -> None:
-    import normlab
-
-    normlab.post_step(model)
+CONFIG_FILE = CONFIG
 
 
 @dataclass(frozen=True)
@@ -55,79 +56,100 @@ class Builders:
     """The functions that turn config sections into objects (replaceable in tests).
 
     Attributes:
-        loaders: ``(data_cfg, *, seed, device) -> Loaders``.
-        model: ``(model_cfg, *, num_classes, in_chans) -> nn.Module``.
+        loaders: ``(data_cfg, *, seed, device) -> Loaders``; ``None``: the task's.
+        model: ``(model_cfg, *, num_classes, in_chans) -> nn.Module``; ``None``: the task's.
         optimizer: ``(model, optim_cfg, batch_size) -> Optimizer``.
-        post_step: Called after every optimizer step (``normlab.post_step``).
+        post_step: Called after every optimizer step (:func:`normlab.norms.post_step`).
     """
 
-    loaders: Callable[..., factory.Loaders] = factory.build_loaders
-    model: Callable[..., nn.Module] = factory.build_model
+    loaders: Callable[..., factory.Loaders] | None = None
+    model: Callable[..., nn.Module] | None = None
     optimizer: Callable[..., torch.optim.Optimizer] = factory.build_optimizer
-    post_step: Callable[[nn.Module], None] = _default_post_step
-
-
-def new_run_dir(
-    config: Config, default_name: str = "run", run_dir: str | Path | None = None
-) -> Path:
-    """The folder a new run will write: ``run_dir``, else ``run.out_dir/run.name``.
-
-    ``run.name`` defaults to ``<default_name>-<date>-<time>``. The folder is not created
-    here (a run creates it once its data and model are built, so a bad config leaves no
-    empty run behind).
-
-    Raises:
-        RunDirError: The folder exists and is not empty (nothing written is overwritten).
-    """
-    if run_dir is None:
-        name = config.run.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(config.run.out_dir) / name
-    folder = Path(run_dir)
-    if folder.exists() and any(folder.iterdir()):
-        raise RunDirError(
-            f"run folder {folder} already exists and is not empty; resume it with "
-            f"`normlab train --resume {folder}`, or choose another run.name / run.out_dir"
-        )
-    return folder
+    post_step: Callable[[nn.Module], None] = post_step
 
 
 def build_setup(
-    config: Config, builders: Builders | None = None, device: torch.device | None = None
+    config: Config,
+    builders: Builders | None = None,
+    device: torch.device | None = None,
+    task: Task | None = None,
 ) -> tuple[torch.device, factory.Loaders, nn.Module]:
     """Seed, then build the device, the loaders and the model (on the device) of a config.
 
     Also applies ``train.num_threads`` (process-wide) when set. ``device`` replaces
-    ``train.device`` (e.g. this process's GPU in multi-process training).
+    ``train.device`` (e.g. this process's GPU in multi-process training); ``task`` defaults
+    to the config's.
 
     The order is fixed (seed, data, model) so that the same config gives the same
     initial weights and data order every time.
     """
     builders = builders or Builders()
+    task = task or get_task(config.task).from_config(config)
     cfg = config
     device = device or factory.resolve_device(cfg.train.device)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
-    loaders = builders.loaders(cfg.data, seed=cfg.train.seed, device=device)
-    model = builders.model(
-        cfg.model, num_classes=loaders.num_classes, in_chans=loaders.in_chans
-    ).to(device)
+    build_loaders = builders.loaders or task.build_loaders
+    build_model = builders.model or task.build_model
+    loaders = build_loaders(cfg.data, seed=cfg.train.seed, device=device)
+    model = build_model(cfg.model, num_classes=loaders.num_classes, in_chans=loaders.in_chans)
+    model = model.to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return device, loaders, model
 
 
+_MISSING = object()
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+def check_checkpoint(ckpt: dict[str, Any], config: Config, path: str | Path) -> None:
+    """Refuse a checkpoint trained with another architecture than ``config`` asks for.
+
+    Compares the task's :attr:`~normlab.train.task.Task.architecture_keys` of the config
+    stored in the checkpoint with ``config`` (keys the checkpoint does not store are not
+    compared).
+
+    Raises:
+        CheckpointError: One line naming the first key that differs, e.g. ``checkpoint was
+            trained with model.norm=sn, config says bn``.
+    """
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict):
+        return
+    asked = config_to_dict(config)
+    for key in get_task(config.task).architecture_keys:
+        then, now = _lookup(stored, key), _lookup(asked, key)
+        if then is not _MISSING and then != now:
+            raise CheckpointError(
+                f"{path}: checkpoint was trained with {key}={then}, config says {now}; "
+                f"drop the --set {key}=... override or use a checkpoint of that network"
+            )
+
+
+def load_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict(ckpt["model"])`` with a one-line error when they do not fit.
+
+    Raises:
+        CheckpointError: The checkpoint's tensors do not fit the model.
+    """
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} does not fit the config's model: {first}") from exc
+
+
 def _quiet(_: str) -> None:
     return None
-
-
-def _epoch_line(row: dict[str, Any], epochs: int, best: float) -> str:
-    return (
-        f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  "
-        f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}  |  "
-        f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f} (best {best:.2f})  "
-        f"{row['time_s']:.1f}s"
-    )
 
 
 def _join(config: Config) -> tuple[Parallel, torch.device]:
@@ -149,7 +171,9 @@ def _on_main(parallel: Parallel, make: Callable[[], Any]) -> Any:
     return value
 
 
-def _shard_loaders(loaders: factory.Loaders, config: Config, parallel: Parallel):
+def _shard_loaders(
+    loaders: factory.Loaders, config: Config, parallel: Parallel
+) -> factory.Loaders:
     if not parallel.enabled:
         return loaders
     batch = config.data.batch_size
@@ -174,7 +198,7 @@ class _Run:
     def __init__(
         self,
         config: Config,
-        run_dir: Path,
+        folder: RunFolder,
         builders: Builders | None,
         callbacks: Sequence[StepCallback],
         progress: bool,
@@ -183,16 +207,15 @@ class _Run:
     ) -> None:
         self.parallel, device = joined
         main = self.parallel.is_main
-        self.config, self.run_dir = config, run_dir
+        self.config, self.folder = config, folder
         self.log = (log or _quiet) if main else _quiet
         builders = builders or Builders()
         progress = progress and config.run.progress and main
         cfg = config
-        self.device, loaders, model = build_setup(cfg, builders, device)
+        self.task = get_task(cfg.task).from_config(cfg)
+        self.device, loaders, model = build_setup(cfg, builders, device, self.task)
         self.loaders = _shard_loaders(loaders, cfg, self.parallel)
         if self.parallel.enabled and cfg.train.sync_stats:
-            from normlab.distributed import to_sync
-
             to_sync(model)
         self.model = model
         self.environment = environment(self.device)
@@ -201,131 +224,140 @@ class _Run:
             model,
             self.optimizer,
             LRSchedule.from_config(cfg.schedule, cfg.train.epochs),
+            task=self.task,
             device=self.device,
             amp=cfg.train.amp,
             channels_last=cfg.train.channels_last,
             compile=cfg.train.compile,
             grad_clip=cfg.optim.grad_clip,
-            label_smoothing=cfg.train.label_smoothing,
             post_step=builders.post_step,
             callbacks=callbacks,
             progress=progress,
             parallel=self.parallel,
         )
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / CONFIG_FILE)
-        self.metrics = MetricsLog(run_dir)
         self.epoch = 0
-        self.best_acc = -math.inf
+        self.best: float | None = None
         self.best_epoch: int | None = None
         self.elapsed = 0.0
         self.last_row: dict[str, Any] = {}
 
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
+    def write_config(self) -> None:
+        if self.parallel.is_main:
+            self.folder.write_config(config_to_yaml(self.config))
+
+    def restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        load_weights(self.model, ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         if ckpt.get("loader") is not None:
             self.loaders.train.load_state_dict(ckpt["loader"])
         self.epoch = int(ckpt["epoch"])
-        self.best_acc = float(ckpt["best_acc"])
+        best = ckpt.get("best_value", ckpt.get("best_acc"))
+        self.best = None if best is None or math.isinf(best) else float(best)
         self.best_epoch = ckpt["best_epoch"]
         self.elapsed = float(ckpt["elapsed_s"])
-        if self.parallel.is_main:
-            self.metrics.truncate(self.epoch)
-        rows = self.metrics.rows()
-        self.last_row = rows[-1] if rows else {}
+        rows = [r for r in self.folder.metrics() if r["epoch"] <= self.epoch]
+        if self.parallel.is_main and path != self.folder.checkpoint_path(LAST):
+            self.folder.write_metrics(rows)
+        self.last_row = rows[-1] if rows else dict(ckpt.get("row") or {})
 
-    def checkpoint(self, *, best: bool) -> None:
-        if not self.parallel.is_main:
-            return
+    def state(self) -> dict[str, Any]:
         train_loader = self.loaders.train
-        state = {
+        return {
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": get_rng_state(),
             "loader": train_loader.state_dict() if hasattr(train_loader, "state_dict") else None,
-            "best_acc": self.best_acc,
+            "best_value": self.best,
             "best_epoch": self.best_epoch,
             "elapsed_s": self.elapsed,
             "config": config_to_dict(self.config),
         }
-        save_checkpoint(state, self.run_dir, best=best and self.config.run.save_best)
 
     def summary(self, status: str, message: str = "") -> dict[str, Any]:
-        row = self.last_row
-        summary = {
+        cfg = self.config
+        return {
             "status": status,
             "message": message,
             "epochs_done": self.epoch,
-            "epochs": self.config.train.epochs,
-            "final_acc": row.get("test_acc"),
-            "final_acc5": row.get("test_acc5"),
-            "final_train_loss": row.get("train_loss"),
-            "best_acc": self.best_acc if self.best_epoch is not None else None,
+            "epochs": cfg.train.epochs,
+            **self.task.summary(self.last_row, self.best),
             "best_epoch": self.best_epoch,
             "time_s": self.elapsed,
             "num_params": sum(p.numel() for p in self.model.parameters()),
-            "model": self.config.model.name,
-            "norm": self.config.model.norm,
-            "data": self.config.data.name,
-            "run_dir": str(self.run_dir),
+            "task": cfg.task,
+            "model": cfg.model.name,
+            "norm": cfg.model.norm,
+            "data": cfg.data.name,
+            "run_dir": str(self.folder.path),
             **self.environment,
             "processes": self.parallel.world_size,
         }
+
+    def write_summary(self, status: str, message: str = "") -> dict[str, Any]:
+        summary = self.summary(status, message)
         if self.parallel.is_main:
-            write_json(summary, self.run_dir / SUMMARY)
+            self.folder.write_summary(summary)
         return summary
+
+    def commit(self, row: dict[str, Any]) -> None:
+        """Count a finished, finite epoch and record it in the run folder."""
+        self.epoch += 1
+        self.elapsed += row["time_s"]
+        is_best = self.task.is_better(row[self.task.monitor], self.best)
+        if is_best:
+            self.best, self.best_epoch = row[self.task.monitor], self.epoch
+        self.last_row = row
+        if self.parallel.is_main:
+            self.folder.commit_epoch(
+                self.state(),
+                row,
+                self.summary("running"),
+                best=is_best and self.config.run.save_best,
+            )
 
     def fit(self) -> dict[str, Any]:
         cfg = self.config
-        tensorboard = TensorBoardLog(self.run_dir, cfg.run.tensorboard and self.parallel.is_main)
+        main = self.parallel.is_main
+        tensorboard = TensorBoardLog(self.folder.path, cfg.run.tensorboard and main)
         try:
             while self.epoch < cfg.train.epochs:
-                start = time.perf_counter()
-                row: dict[str, Any] = {"epoch": self.epoch + 1}
-                row.update(self.trainer.train_epoch(self.loaders.train, self.epoch))
-                test = self.trainer.evaluate(self.loaders.test, classes=self.loaders.test_classes)
-                row.update(test)
-                row["time_s"] = time.perf_counter() - start
-                self.epoch += 1
-                self.elapsed += row["time_s"]
-                is_best = row["test_acc"] > self.best_acc
-                if is_best:
-                    self.best_acc, self.best_epoch = row["test_acc"], self.epoch
-                self.last_row = row
-                if self.parallel.is_main:
-                    self.metrics.append(row)
+                row = self.trainer.run_epoch(self.loaders, self.epoch)
+                self.commit(row)
                 tensorboard.log(row)
-                self.checkpoint(best=is_best)
-                self.summary("running")
-                self.log(_epoch_line(row, cfg.train.epochs, self.best_acc))
+                self.log(self.task.epoch_line(row, cfg.train.epochs, self.best))
         except NonFiniteLossError as exc:
-            last = self.run_dir / LAST
+            last = self.folder.checkpoint_path(LAST)
             kept = (
                 f" The last good checkpoint is {last} (epoch {self.epoch})."
                 if last.is_file()
                 else " No epoch finished, so there is no checkpoint."
             )
             message = f"{exc}{kept}"
-            self.summary("stopped_nonfinite_loss", message)
+            self.write_summary("stopped_nonfinite_loss", message)
             raise NonFiniteLossError(
                 message, epoch=exc.epoch, step=exc.step, value=exc.value
             ) from exc
         except BaseException as exc:
-            self.summary("interrupted", f"{type(exc).__name__}: {exc}")
+            self.write_summary("interrupted", f"{type(exc).__name__}: {exc}")
             self.log(
                 f"stopped in epoch {self.epoch + 1} ({type(exc).__name__}); continue with "
-                f"`normlab train --resume {self.run_dir}`"
+                f"`normlab train --resume {self.folder.path}`"
             )
             raise
         finally:
             tensorboard.close()
-        summary = self.summary("completed")
+        summary = self.write_summary("completed")
         self.parallel.barrier()  # the run folder is complete before any process returns
         return summary
+
+
+def _create_folder(config: Config, default_name: str, run_dir: str | Path | None) -> RunFolder:
+    if run_dir is not None:
+        path = Path(run_dir)
+        return RunFolder.create(path.parent, path.name, default_name)
+    return RunFolder.create(config.run.out_dir, config.run.name, default_name)
 
 
 def train(
@@ -342,10 +374,11 @@ def train(
 
     Args:
         config: The resolved run config.
-        run_dir: Run folder; default ``run.out_dir/run.name`` (see :func:`new_run_dir`).
+        run_dir: Run folder; default ``run.out_dir/run.name``, or
+            ``run.out_dir/<default_name>-<date>-<time>`` when ``run.name`` is unset.
         default_name: Name stem when ``run.name`` is unset (e.g. the config's name).
         callbacks: Called with a :class:`~normlab.train.engine.StepInfo` after every step.
-        builders: Replacement builders (tests); default: the ``normlab`` registries.
+        builders: Replacement builders (tests); default: the config task's.
         progress: Show a progress bar with ETA (``run.progress`` must also be true).
         log: Receives one line per epoch; ``None`` for silence.
 
@@ -353,13 +386,28 @@ def train(
         The summary written to ``summary.json``.
 
     Raises:
-        NonFiniteLossError: The loss became NaN/inf; ``last.pt`` holds the last good epoch.
-        RunDirError: The run folder exists and is not empty.
+        NonFiniteLossError: The run diverged; ``last.pt`` holds the last good epoch.
+        RunDirError: The run folder exists and is not empty, or is in use.
     """
     joined = _join(config)
-    folder = _on_main(joined[0], lambda: new_run_dir(config, default_name, run_dir))
-    run = _Run(config, folder, builders, callbacks, progress, log, joined)
-    return run.fit()
+    parallel = joined[0]
+    created: list[RunFolder] = []
+
+    def create() -> Path:
+        created.append(_create_folder(config, default_name, run_dir))
+        return created[0].path
+
+    path = _on_main(parallel, create)
+    folder = created[0] if created else RunFolder(path)
+    try:
+        run = _Run(config, folder, builders, callbacks, progress, log, joined)
+        run.write_config()
+    except BaseException:
+        if created:
+            folder.discard_if_empty()
+        raise
+    with folder.lock() if created else contextlib.nullcontext():
+        return run.fit()
 
 
 def resume(
@@ -374,23 +422,37 @@ def resume(
     """Continue a run from its folder (``last.pt``) or from a given checkpoint file.
 
     The run's ``config.yaml`` is used, with ``overrides`` applied (e.g. ``train.epochs=200``
-    to extend a run); the resolved config is written back.
+    to extend a run). Nothing is written before the overrides are checked against the
+    checkpoint (a checkpoint of another network is refused); then the folder is repaired
+    (:meth:`~normlab.train.run_folder.RunFolder.recover`), the resolved config written back
+    and training continues, holding the folder's lock.
 
     Raises:
         CheckpointError: The checkpoint is missing or corrupt (the message names
-            ``prev.pt`` when that older checkpoint can be used instead).
-        RunDirError: The folder has no ``config.yaml``.
+            ``prev.pt`` when that older checkpoint can be used instead), or it was trained
+            with another architecture than the config (with ``overrides``) asks for.
+        ConfigError: A bad override.
+        RunDirError: The folder has no ``config.yaml``, or another process is using it.
     """
     ckpt_path = resolve_checkpoint(spec, LAST)
-    folder = ckpt_path.parent
-    if not (folder / CONFIG_FILE).is_file():
-        raise RunDirError(f"{folder} has no {CONFIG_FILE}; it is not a normlab run folder")
-    ckpt = load_checkpoint(ckpt_path)
-    config = load_config(folder / CONFIG_FILE, list(overrides))
+    folder = RunFolder.open(ckpt_path.parent)
+    config = load_config(folder.path / CONFIG, list(overrides))
     joined = _join(config)
-    joined[0].barrier()  # every process has read the folder before rank 0 writes to it
-    run = _Run(config, folder, builders, callbacks, progress, log, joined)
-    run.restore(ckpt)
-    if log:
-        log(f"resumed {folder} from {ckpt_path.name} at epoch {run.epoch}/{config.train.epochs}")
-    return run.fit()
+    parallel, log = joined[0], log or _quiet
+    _on_main(parallel, lambda: folder.lock().acquire() and None)
+    try:
+        ckpt = folder.load_checkpoint(ckpt_path)
+        check_checkpoint(ckpt, config, ckpt_path)
+        parallel.barrier()  # every process has read the checkpoint before rank 0 writes
+        if parallel.is_main and ckpt_path == folder.checkpoint_path(LAST):
+            for repair in folder.recover():
+                log(f"repaired {folder.path}: {repair}")
+        run = _Run(config, folder, builders, callbacks, progress, log, joined)
+        run.restore(ckpt, ckpt_path)
+        run.write_config()
+        run.log(f"resumed {folder.path} from {ckpt_path.name} at epoch "
+                f"{run.epoch}/{config.train.epochs}")
+        return run.fit()
+    finally:
+        if parallel.is_main:
+            folder.lock().release()
