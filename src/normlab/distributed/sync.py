@@ -16,23 +16,28 @@ batch (data-parallel training then averages parameter gradients as usual).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed import ProcessGroup
+
+from normlab.norms.protocols import StatisticsSyncFn, SyncableNorm
 
 __all__ = ["StatisticsSync", "all_gather_with_grad", "average_running_stats", "to_sync"]
 
 
 class _AllGather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, group):
+    def forward(ctx: Any, tensor: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
         ctx.group = group
         pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
         dist.all_gather(pieces, tensor.contiguous(), group=group)
         return torch.stack(pieces)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return _SumOwnSlice.apply(grad, ctx.group), None
 
 
@@ -42,18 +47,18 @@ class _SumOwnSlice(torch.autograd.Function):
     penalty, a double backward) cross processes exactly."""
 
     @staticmethod
-    def forward(ctx, grad, group):
+    def forward(ctx: Any, grad: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
         ctx.group = group
         total = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
         return total[dist.get_rank(group)]
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return _AllGather.apply(grad, ctx.group), None
 
 
-def all_gather_with_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
+def all_gather_with_grad(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch.Tensor:
     """Stack ``tensor`` from every process of ``group`` (rank order) along a new first axis.
 
     Differentiable: the gradient reaching a process's own tensor is the sum over all
@@ -62,18 +67,20 @@ def all_gather_with_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
     Shape:
         - tensor: any; output: (world_size, *tensor.shape).
     """
-    return _AllGather.apply(tensor, group)
+    gathered: torch.Tensor = _AllGather.apply(tensor, group)
+    return gathered
 
 
-class StatisticsSync:
-    """The ``statistics_sync`` callable of a layer: pools (1, C) batch statistics over the
-    processes of ``process_group`` (``None``: the default group).
+class StatisticsSync(StatisticsSyncFn):
+    """The ``statistics_sync`` hook of a layer (a
+    :class:`~normlab.norms.protocols.StatisticsSyncFn`): pools (1, C) batch statistics over
+    the processes of ``process_group`` (``None``: the default group).
 
     A layer whose process group has one member, or that runs while ``torch.distributed``
     is not initialized, keeps its local statistics.
     """
 
-    def __init__(self, process_group=None) -> None:
+    def __init__(self, process_group: ProcessGroup | None = None) -> None:
         self.process_group = process_group
 
     def __call__(
@@ -95,7 +102,7 @@ class StatisticsSync:
         pooled_var = (weights * (variances + (means - pooled_mean).square())).sum(0, keepdim=True)
         return pooled_mean, pooled_var, total[0]
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, None]:
         """Process groups do not pickle; a pickled sync falls back to the default group."""
         return {"process_group": None}
 
@@ -103,13 +110,15 @@ class StatisticsSync:
         return f"StatisticsSync(process_group={self.process_group!r})"
 
 
-def _pooling_layers(model: nn.Module) -> list[nn.Module]:
+def _pooling_layers(model: nn.Module) -> list[SyncableNorm]:
     """The layers whose statistics pool over the samples of a batch (BN, IEBN, BIN, SN
     with BN among its normalizers)."""
-    return [m for m in model.modules() if getattr(m, "pools_batch", False)]
+    return [m for m in model.modules() if isinstance(m, SyncableNorm) and m.pools_batch]
 
 
-def to_sync(model: nn.Module, process_group=None, *, enabled: bool = True) -> nn.Module:
+def to_sync(
+    model: nn.Module, process_group: ProcessGroup | None = None, *, enabled: bool = True
+) -> nn.Module:
     """Make every batch-statistics layer of ``model`` (BN, IEBN, SN, BIN) pool its batch
     statistics over the processes of ``process_group``; ``enabled=False`` undoes it.
 
@@ -136,7 +145,9 @@ def to_sync(model: nn.Module, process_group=None, *, enabled: bool = True) -> nn
 
 
 @torch.no_grad()
-def average_running_stats(model: nn.Module, process_group=None) -> nn.Module:
+def average_running_stats(
+    model: nn.Module, process_group: ProcessGroup | None = None
+) -> nn.Module:
     """Average ``running_mean`` and ``running_var`` of every layer that has them (torch's
     norms included) over the processes of ``process_group``, e.g. before evaluating a
     model trained without sync.

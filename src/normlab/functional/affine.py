@@ -34,6 +34,7 @@ import functools
 import warnings
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -91,6 +92,13 @@ def _triton_kernels() -> ModuleType | None:
     return triton_kernels
 
 
+def _kernels() -> ModuleType:
+    """The Triton kernels module, once :func:`triton_available` has said it imports."""
+    kernels = _triton_kernels()
+    assert kernels is not None, "Triton kernels called without triton_available()"
+    return kernels
+
+
 def triton_available(x: torch.Tensor) -> bool:
     """Whether the fused backend runs ``x``'s big-tensor passes as Triton kernels.
 
@@ -120,7 +128,7 @@ def _moments(
     if not with_mean:
         return _skipped_moments(x)
     if triton_available(x):
-        mean, var = _triton_kernels().row_moments(x)
+        mean, var = _kernels().row_moments(x)
         return mean, var if with_var else None
     return instance_moments_nograd(x, with_var=with_var)
 
@@ -136,7 +144,8 @@ def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
     fast as a broadcast ``addcmul``. Otherwise :func:`apply_affine`.
     """
     if triton_available(x):
-        return _triton_kernels().row_affine(x, scale, shift)
+        affine: torch.Tensor = _kernels().row_affine(x, scale, shift)
+        return affine
     if x.is_contiguous() and x.dim() > 2 and x.dtype == scale.dtype == shift.dtype:
         rows = scale.numel()
         y = torch.empty_like(x)
@@ -155,7 +164,7 @@ def _spatial_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`~normlab.functional.moments.spatial_sums`, as a Triton kernel where available."""
     if triton_available(x):
-        s1, s2 = _triton_kernels().row_grad_sums(grad_y.contiguous(), x)
+        s1, s2 = _kernels().row_grad_sums(grad_y.contiguous(), x)
         return s1.to(dtype), s2.to(dtype)
     return spatial_sums(grad_y, x, dtype)
 
@@ -172,7 +181,14 @@ class AffineNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, coef, with_mean, with_var, *params):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        coef: CoefficientFn,
+        with_mean: bool,
+        with_var: bool,
+        *params: torch.Tensor | None,
+    ) -> torch.Tensor:
         mean, var = _moments(x, with_mean, with_var)
         grad_x = ctx.needs_input_grad[0]
         mean = mean.requires_grad_(grad_x)
@@ -191,7 +207,7 @@ class AffineNormFunction(torch.autograd.Function):
         return _affine(x, scale.detach(), shift.detach())
 
     @staticmethod
-    def backward(ctx, grad_y):
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if torch.is_grad_enabled():
             return _replayed_backward(ctx, grad_y)
         x = ctx.saved_tensors[0]
@@ -221,7 +237,7 @@ class AffineNormFunction(torch.autograd.Function):
             q = torch.zeros_like(scale) if dmean is None else dmean * (1.0 / m)
             q = torch.addcmul(q, p, mean, value=-1.0)
             if triton_available(x):
-                kernels = _triton_kernels()
+                kernels = _kernels()
                 grad_x = kernels.row_grad_input(grad_y.contiguous(), x, scale.detach(), p, q)
             else:
                 grad_x = _affine(x, p, q)
@@ -246,7 +262,7 @@ def _pinned(value: torch.Tensor, recomputed: torch.Tensor) -> torch.Tensor:
     return value.detach() + (recomputed - recomputed.detach())
 
 
-def _replayed_backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+def _replayed_backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """The backward of :class:`AffineNormFunction` as a differentiable graph.
 
     Recomputes the forward from the saved ``x`` and parameters with plain ops (the
@@ -274,9 +290,9 @@ def _replayed_backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, 
     )
     with autocast, replaying():
         if ctx.with_mean:
-            moments = instance_moments(x, with_var=var is not None)
-            mean = _pinned(mean, moments[0])
-            var = None if var is None else _pinned(var, moments[1])
+            moment_mean, moment_var = instance_moments(x, with_var=var is not None)
+            mean = _pinned(mean, moment_mean)
+            var = None if var is None or moment_var is None else _pinned(var, moment_var)
         else:
             mean = mean.detach()
         replayed_scale, replayed_shift = ctx.coef(mean, var, *params)
@@ -324,13 +340,25 @@ def plain_moments(
     return _skipped_moments(x)
 
 
-def _reference(x, coef, with_mean, with_var, params):
+def _reference(
+    x: torch.Tensor,
+    coef: CoefficientFn,
+    with_mean: bool,
+    with_var: bool,
+    params: Sequence[torch.Tensor | None],
+) -> torch.Tensor:
     mean, var = plain_moments(x, with_mean, with_var)
     scale, shift = coef(mean, var, *params)
     return apply_affine(x, scale, shift)
 
 
-def _without_grad(x, coef, with_mean, with_var, params):
+def _without_grad(
+    x: torch.Tensor,
+    coef: CoefficientFn,
+    with_mean: bool,
+    with_var: bool,
+    params: Sequence[torch.Tensor | None],
+) -> torch.Tensor:
     mean, var = _moments(x, with_mean, with_var)
     scale, shift = coef(mean, var, *params)
     return _affine(x, scale, shift)
@@ -391,4 +419,5 @@ def affine_norm(
         return _reference(x, coef, with_mean, with_var, params)
     if not needs_grad:
         return _without_grad(x, coef, with_mean, with_var, params)
-    return AffineNormFunction.apply(x, coef, with_mean, with_var, *params)
+    y: torch.Tensor = AffineNormFunction.apply(x, coef, with_mean, with_var, *params)
+    return y

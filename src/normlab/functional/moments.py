@@ -82,12 +82,11 @@ def unit_rows(rows: int, dtype: torch.dtype, device: torch.device) -> tuple[torc
     on every call (on small maps the allocations cost as much as the kernels).
     """
     with torch.inference_mode(False), torch.no_grad():
-        options = {"dtype": dtype, "device": device}
         return (
-            torch.zeros(rows, **options),
-            torch.ones(rows, **options),
-            torch.empty(0, **options),
-            torch.empty(0, **options),
+            torch.zeros(rows, dtype=dtype, device=device),
+            torch.ones(rows, dtype=dtype, device=device),
+            torch.empty(0, dtype=dtype, device=device),
+            torch.empty(0, dtype=dtype, device=device),
         )
 
 

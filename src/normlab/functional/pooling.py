@@ -8,6 +8,8 @@ the (N, C) inputs, so coefficient functions can combine them elementwise.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 __all__ = [
@@ -36,14 +38,18 @@ class _PoolMoments(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mean, var, dim):
+    def forward(
+        ctx: Any, mean: torch.Tensor, var: torch.Tensor, dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         pooled_mean, pooled_var = _pool(mean, var, dim)
         ctx.groups = mean.numel() // pooled_mean.numel()
         ctx.save_for_backward(mean, pooled_mean)
         return pooled_mean, pooled_var
 
     @staticmethod
-    def backward(ctx, grad_mean, grad_var):
+    def backward(
+        ctx: Any, grad_mean: torch.Tensor, grad_var: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         mean, pooled_mean = ctx.saved_tensors
         k = ctx.groups
         d_mean = d_var = None
@@ -76,7 +82,8 @@ def pool_moments(
     if not torch.jit.is_scripting():
         if torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
             return _pool(mean, var, dim)
-        return _PoolMoments.apply(mean, var, dim)
+        pooled: tuple[torch.Tensor, torch.Tensor] = _PoolMoments.apply(mean, var, dim)
+        return pooled
     return _pool(mean, var, dim)
 
 

@@ -61,6 +61,11 @@ def fx_leaf_call(module: torch.nn.Module, x: object) -> torch.fx.Proxy | None:
     if not isinstance(x, torch.fx.Proxy):
         return None
     tracer = x.tracer
+    if not isinstance(tracer, torch.fx.Tracer):
+        raise torch.fx.proxy.TraceError(
+            f"{type(module).__name__} is recorded as a leaf module by torch.fx.Tracer, "
+            f"got a proxy of {type(tracer).__name__}"
+        )
     if module is getattr(tracer, "root", None):
         raise torch.fx.proxy.TraceError(
             f"torch.fx records {type(module).__name__} as a leaf module; trace a module that "

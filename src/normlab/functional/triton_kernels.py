@@ -35,6 +35,8 @@ machines without a GPU. Block sizes and warp counts are first guesses, not tuned
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
@@ -161,7 +163,9 @@ def _tile(m: int, block: int | None) -> tuple[int, int]:
     return max(1, _TILE // block), block
 
 
-def _segments(row_tiles: int, m: int, block: int, device: torch.device, segments: int | None):
+def _segments(
+    row_tiles: int, m: int, block: int, device: torch.device, segments: int | None
+) -> tuple[int, int]:
     """``(S, SEG)``: split each row into S segments of SEG columns (a multiple of block)."""
     chunks = triton.cdiv(m, block)
     if segments is None:
@@ -197,7 +201,7 @@ def _per_row(t: torch.Tensor, r: int, name: str) -> torch.Tensor:
     return t.reshape(r).contiguous()
 
 
-def _on(device: torch.device):
+def _on(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """Launch on ``device`` (Triton launches on the current CUDA device, not the tensor's)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
@@ -210,7 +214,14 @@ def _grad_view(grad_y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return grad_y
 
 
-def _launch_reduction(kernel, inputs, r, m, block, segments):
+def _launch_reduction(
+    kernel: Any,
+    inputs: Sequence[torch.Tensor],
+    r: int,
+    m: int,
+    block: int | None,
+    segments: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Run a per-row reduction kernel with two outputs; returns them as (R, S) and SEG."""
     device = inputs[0].device
     rows, block = _tile(m, block)
@@ -286,7 +297,14 @@ def row_grad_sums(
     return s1.sum(1).view(n, c), s2.sum(1).view(n, c)
 
 
-def _launch_affine(x, p, q, g=None, a=None, block=None):
+def _launch_affine(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor,
+    g: torch.Tensor | None = None,
+    a: torch.Tensor | None = None,
+    block: int | None = None,
+) -> torch.Tensor:
     """``p * x + q`` (``+ a * g`` when ``g`` is given) per row, in ``x``'s dtype."""
     x, r, m = _rows_view(x)
     p, q = (
@@ -294,6 +312,7 @@ def _launch_affine(x, p, q, g=None, a=None, block=None):
         _per_row(q, r, "shift" if g is None else "q"),
     )
     if g is not None:
+        assert a is not None, "a scale for g"
         g = _grad_view(g, x)
         a = _per_row(a, r, "scale")
     out = torch.empty_like(x)

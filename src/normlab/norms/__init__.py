@@ -14,6 +14,7 @@ from normlab.norms.freeze import freeze_norm, is_frozen, unfreeze_norm
 from normlab.norms.fuse import ChannelAffine, EvalNorm, fuse_for_inference
 from normlab.norms.iebn import IEBN, IEBN1d, IEBN2d, IEBN3d
 from normlab.norms.norm_act import NormAct, get_norm_act_layer, norm_act, norm_act_class
+from normlab.norms.protocols import StatisticsSyncFn, SyncableNorm
 from normlab.norms.registry import (
     FigureSpec,
     NormInfo,
@@ -100,10 +101,12 @@ __all__ = [
     "NormInfo",
     "NormInputError",
     "NormSpec",
+    "StatisticsSyncFn",
     "SwitchNorm",
     "SwitchNorm1d",
     "SwitchNorm2d",
     "SwitchNorm3d",
+    "SyncableNorm",
     "TorchTwin",
     "canonical_norm",
     "convert_norm",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -121,6 +122,10 @@ class NormBase(nn.Module):
 
     dim: int = 2
     param_roles: Mapping[str, str] = {"weight": "affine", "bias": "affine"}
+    if TYPE_CHECKING:  # set by __init_subclass__ and normlab.freeze_norm
+        __constants__: ClassVar[list[str]]
+        __jit_unused_properties__: ClassVar[list[str]]
+        frozen_params: tuple[str, ...]
 
     @property
     def layer_name(self) -> str:
@@ -324,13 +329,13 @@ class NormBase(nn.Module):
                 f"{shape_text(x)}"
             )
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass's own ``forward`` is an FX leaf too (see :func:`fx_leaf`), and the
         class-level facts in ``_SCRIPT_CONSTANTS`` it has are TorchScript constants (those
         that are properties are read once, when the layer is scripted)."""
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__:
-            cls.forward = fx_leaf(cls.__dict__["forward"])
+            cls.forward = fx_leaf(cls.__dict__["forward"])  # type: ignore[method-assign]
         cls.__constants__ = [name for name in _SCRIPT_CONSTANTS if hasattr(cls, name)]
         cls.__jit_unused_properties__ = [
             name for name in cls.__constants__ if isinstance(getattr(cls, name), property)
@@ -376,7 +381,9 @@ class NormBase(nn.Module):
         coefficient function (a Python closure: not for TorchScript)."""
         names = tuple(params)
 
-        def coef(mean, var, *values):
+        def coef(
+            mean: torch.Tensor, var: torch.Tensor | None, *values: torch.Tensor | None
+        ) -> Coefficients:
             return self.coefficients(mean, var, dict(zip(names, values)), count)
 
         return affine_norm(

@@ -15,6 +15,9 @@ their means and unbiased variances, as averaging per-device buffers would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
@@ -25,6 +28,7 @@ from normlab.functional import (
     statistics_dtype,
     virtual_batch_moments,
 )
+from normlab.norms.protocols import StatisticsSyncFn
 
 __all__ = ["BatchStatistics", "add_sums", "pool_sums", "unbiased_variance"]
 
@@ -51,14 +55,33 @@ class BatchStatistics(nn.Module):
         summed_weight: while a batch average is gathered, the total weight summed so far.
         pools_batch: whether the layer pools statistics over the samples of a batch (and so
             can pool them over processes too); False for instance normalization.
-        statistics_sync: ``None``, or a callable
+        statistics_sync: ``None``, or a :class:`~normlab.norms.protocols.StatisticsSyncFn`
             ``sync(mean, var, samples) -> (mean, var, samples)`` that pools the (1, C) batch
             statistics of ``samples`` samples with those of other processes (set by
             :func:`normlab.distributed.to_sync`; this module never imports
-            ``torch.distributed``).
+            ``torch.distributed``). A layer with this mixin is a
+            :class:`~normlab.norms.protocols.SyncableNorm`.
     """
 
-    pools_batch = True
+    if TYPE_CHECKING:  # for the type checker only: TorchScript reads class annotations
+        running_mean: torch.Tensor | None
+        running_var: torch.Tensor | None
+        num_batches_tracked: torch.Tensor | None
+        num_features: int
+        eps: float
+
+        @property
+        def layer_name(self) -> str: ...
+
+        def empty_output(self, x: torch.Tensor) -> torch.Tensor: ...
+
+        @property
+        def pools_batch(self) -> bool:
+            """Whether the layer pools statistics over the samples of a batch."""
+
+    else:  # a class constant at run time (SwitchNorm overrides it with a property)
+        pools_batch = True
+
     frozen_stats = False  # set by normlab.freeze_norm: running statistics in training too
     _version = 2  # as torch's _NormBase: version 2 added num_batches_tracked
 
@@ -79,12 +102,12 @@ class BatchStatistics(nn.Module):
         self.virtual_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
         self.update_running_stats = True
         self.sums_running_stats = False
-        self.summed_weight = None
-        self.statistics_sync = None
+        self.summed_weight: torch.Tensor | None = None
+        self.statistics_sync: StatisticsSyncFn | None = None
         if self.track_running_stats:
-            options = {"device": device, "dtype": dtype}
-            self.register_buffer("running_mean", torch.zeros(num_features, **options))
-            self.register_buffer("running_var", torch.ones(num_features, **options))
+            zeros = torch.zeros(num_features, device=device, dtype=dtype)
+            self.register_buffer("running_mean", zeros)
+            self.register_buffer("running_var", torch.ones_like(zeros))
             self.register_buffer(
                 "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
             )
@@ -98,12 +121,20 @@ class BatchStatistics(nn.Module):
         untracked)."""
         return [self.running_mean, self.running_var, self.num_batches_tracked]
 
+    def tracked_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``running_mean``, ``running_var`` and ``num_batches_tracked`` of a layer that has
+        them (an ``AssertionError`` for one built without them)."""
+        mean, var, counter = self.running_mean, self.running_var, self.num_batches_tracked
+        assert mean is not None and var is not None and counter is not None, "untracked layer"
+        return mean, var, counter
+
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, no batches tracked (when tracked, as torch)."""
         if self.track_running_stats and self.running_mean is not None:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-            self.num_batches_tracked.zero_()
+            running_mean, running_var, counter = self.tracked_buffers()
+            running_mean.zero_()
+            running_var.fill_(1.0)
+            counter.zero_()
 
     def uses_batch_statistics(self) -> bool:
         """Whether the BN part pools the current batch: in training, and in eval when the
@@ -151,9 +182,15 @@ class BatchStatistics(nn.Module):
             )
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-        error_msgs,
-    ):
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         """Load version-1 checkpoints (before ``num_batches_tracked``) as torch does: a
         missing counter keeps the layer's own (or 0)."""
         key = prefix + "num_batches_tracked"
@@ -202,17 +239,18 @@ class BatchStatistics(nn.Module):
                 f"{self.layer_name}: virtual batches and cross-process statistics do not "
                 "combine; set virtual_batch_size=None or drop the sync"
             )
+        samples: int | torch.Tensor = group  # a tensor when counted across processes
         if group == n:
             batch_mean, batch_var = batch_moments(mean, var)
             if not torch.jit.is_scripting() and self.statistics_sync is not None:
-                batch_mean, batch_var, group = self.statistics_sync(batch_mean, batch_var, n)
+                batch_mean, batch_var, samples = self.statistics_sync(batch_mean, batch_var, n)
         else:
             batch_mean, batch_var = virtual_batch_moments(mean, var, group)
         batch_var = self.batch_variance(
-            batch_var, _values_per_row(batch_var.shape[0], group, count, batch_var), count
+            batch_var, _values_per_row(batch_var.shape[0], samples, count, batch_var), count
         )
         if self.moves_running_stats():
-            self._update_running_stats(batch_mean, batch_var, group, count)
+            self._update_running_stats(batch_mean, batch_var, samples, count)
         return batch_mean, batch_var
 
     def empty_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,17 +262,20 @@ class BatchStatistics(nn.Module):
             self.check_eps()
         if not torch.jit.is_scripting():
             if self.statistics_sync is not None and self.uses_batch_statistics():
-                return self.synced_empty_forward(x, y)
+                return self.synced_empty_forward(x, y, self.statistics_sync)
         if self.pools_batch and self.moves_running_stats():
             self.step_factor()  # torch counts an empty training batch, moving nothing
         return y
 
-    def synced_empty_forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """:meth:`empty_forward`'s part in cross-process statistics (Python only)."""
+    def synced_empty_forward(
+        self, x: torch.Tensor, y: torch.Tensor, sync: StatisticsSyncFn
+    ) -> torch.Tensor:
+        """:meth:`empty_forward`'s part in cross-process statistics through ``sync``
+        (Python only)."""
         count = spatial_size(x)
         nothing = x.new_zeros((1, self.num_features), dtype=statistics_dtype(x))
         nothing.requires_grad_(torch.is_grad_enabled())  # so that backward reaches the sync
-        mean, var, total = self.statistics_sync(nothing, nothing, 0)
+        mean, var, total = sync(nothing, nothing, 0)
         if self.moves_running_stats() and total * count > 1:
             self._update_running_stats(mean, var, total, count)
         return y + 0.0 * (mean.sum() + var.sum()).to(y.dtype)
@@ -289,10 +330,11 @@ class BatchStatistics(nn.Module):
 
     def start_batch_average(self) -> None:
         """Zero the running statistics and start summing them (see :func:`finish_batch_average`)."""
-        self.running_mean.zero_()
-        self.running_var.zero_()
-        self.num_batches_tracked.zero_()
-        self.summed_weight = torch.zeros((), dtype=torch.float64, device=self.running_var.device)
+        running_mean, running_var, counter = self.tracked_buffers()
+        running_mean.zero_()
+        running_var.zero_()
+        counter.zero_()
+        self.summed_weight = torch.zeros((), dtype=torch.float64, device=running_var.device)
 
     @torch.no_grad()
     def finish_batch_average(self) -> None:
@@ -303,12 +345,14 @@ class BatchStatistics(nn.Module):
         ``running_var = running_variance(S2 / W - running_mean^2, W)`` -- the variance of all
         the batches' values pooled (law of total variance), unbiased by default.
         """
-        weight = self.summed_weight.to(self.running_var.dtype)
+        running_mean, running_var, _ = self.tracked_buffers()
+        assert self.summed_weight is not None, "finish_batch_average before start_batch_average"
+        weight = self.summed_weight.to(running_var.dtype)
         self.summed_weight = None
         if float(weight) == 0:  # no batch reached this layer
             self.reset_running_stats()
             return
-        pool_sums(self.running_mean, self.running_var, weight, self.running_variance)
+        pool_sums(running_mean, running_var, weight, self.running_variance)
 
 
 def add_sums(
@@ -338,7 +382,7 @@ def pool_sums(
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
     weight: torch.Tensor,
-    running_variance=unbiased_variance,
+    running_variance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = unbiased_variance,
 ) -> None:
     """In place: ``running_mean = S1 / W`` and
     ``running_var = running_variance(S2 / W - running_mean^2, W)`` for buffers holding the

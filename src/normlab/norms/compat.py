@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 __all__ = ["convert_official_state_dict", "load_official", "official_sn_kwargs"]
 
@@ -45,7 +46,9 @@ def _layer_prefixes(keys: list[str], marker: str) -> set[str]:
     return {k[: -len(marker)] for k in keys if k.endswith(marker)}
 
 
-def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> OrderedDict:
+def convert_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+) -> OrderedDict[str, torch.Tensor]:
     """Turn an authors' state dict (whole model or one layer) into normlab's layout.
 
     Strips ``module.``, renames IEBN's ``*_readjust`` parameters, reshapes per-channel
@@ -103,7 +106,9 @@ def official_sn_kwargs(momentum: float = 0.9, **overrides: Any) -> dict[str, Any
     return {"momentum": 1.0 - momentum, "semantics": "authors", **overrides}
 
 
-def load_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+def load_official(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True
+) -> _IncompatibleKeys:
     """Convert an authors' checkpoint and load it into ``model`` (strictly by default).
 
     Build SN layers with :func:`official_sn_kwargs` to reproduce the authors' outputs.
@@ -114,4 +119,7 @@ def load_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor], stri
     """
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
-    return model.load_state_dict(convert_official_state_dict(state_dict), strict=strict)
+    result: _IncompatibleKeys = model.load_state_dict(
+        convert_official_state_dict(state_dict), strict=strict
+    )
+    return result

@@ -129,7 +129,8 @@ def _channels(old: nn.Module) -> int:
     for name in ("num_features", "num_channels"):
         if hasattr(old, name):
             return int(getattr(old, name))
-    return int(old.running_mean.shape[0])  # torchvision's FrozenBatchNorm2d
+    running_mean = old.get_buffer("running_mean")  # torchvision's FrozenBatchNorm2d
+    return int(running_mean.shape[0])
 
 
 def _from_bn_error(target: str, source: str = "a BatchNorm") -> ValueError:
@@ -158,7 +159,7 @@ def _replace(
     if kind.act:
         target = get_norm_act_layer(target, dim)
     new = create_norm(target, _channels(old), dim=dim, **options)
-    reference = next(iter(old.parameters(recurse=False)), None)
+    reference: torch.Tensor | None = next(iter(old.parameters(recurse=False)), None)
     if reference is None:
         reference = next((b for b in old.buffers(recurse=False) if b.is_floating_point()), None)
     if reference is not None:
@@ -188,7 +189,7 @@ def _probe_dims(
     """Input dimensionality each layer sees in an eval forward of ``example_inputs``."""
     seen: dict[int, int] = {}
 
-    def record(module, args):
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
         seen.setdefault(id(module), _INPUT_DIMS.get(args[0].dim(), 2))
 
     handles = [layer.register_forward_pre_hook(record) for layer in layers]

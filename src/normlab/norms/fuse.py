@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -59,6 +60,10 @@ class ChannelAffine(nn.Module):
         - input: (N, C) or (N, C, *); output: same.
     """
 
+    if TYPE_CHECKING:  # buffers (TorchScript reads class annotations)
+        scale: torch.Tensor
+        shift: torch.Tensor
+
     def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("scale", scale.detach().clone())
@@ -85,7 +90,8 @@ class _FlatSpatial(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = [x.shape[0], x.shape[1], -1] + [1] * (self.rank - 3)
-        return self.traced(x.reshape(shape)).reshape(x.shape)
+        y: torch.Tensor = self.traced(x.reshape(shape))
+        return y.reshape(x.shape)
 
 
 class EvalNorm(nn.Module):
@@ -110,7 +116,8 @@ class EvalNorm(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+        y: torch.Tensor = self.layer(x)
+        return y
 
     def __prepare_scriptable__(self) -> nn.Module:
         rank = self.layer.dim + 2
@@ -124,7 +131,7 @@ class EvalNorm(nn.Module):
         return _FlatSpatial(traced, rank)
 
 
-def _state_options(layer: nn.Module) -> dict:
+def _state_options(layer: nn.Module) -> dict[str, Any]:
     """``dtype`` and ``device`` of a layer's floating-point parameters and buffers."""
     state = [t for t in (*layer.parameters(), *layer.buffers()) if t.is_floating_point()]
     if not state:
@@ -141,7 +148,7 @@ def _reads_no_moments(layer: NormBase) -> bool:
     return not layer.needs_mean() and not layer.needs_variance()
 
 
-FOLD_RULES: dict[type, Callable[[NormBase], bool]] = {
+FOLD_RULES: dict[type[NormBase], Callable[[Any], bool]] = {
     SwitchNorm: lambda layer: (
         layer.hard and layer.selected() == ("bn", "bn") and _no_batch_statistics(layer)
     ),
@@ -167,7 +174,9 @@ def _rule(layer: NormBase) -> bool:
     return _reads_no_moments(layer)
 
 
-def _coefficients(layer: NormBase, mean: torch.Tensor, var: torch.Tensor) -> tuple:
+def _coefficients(
+    layer: NormBase, mean: torch.Tensor, var: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     params = layer.coefficient_params()
     scale, shift = layer.coefficients(mean, var, params, 2)
     return scale.reshape(-1), shift.reshape(-1)
@@ -206,18 +215,19 @@ def channel_affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None
     return first
 
 
-def activation_tail(layer: nn.Module) -> nn.Module:
+def activation_tail(layer: nn.Module) -> nn.Sequential | nn.Identity:
     """What a norm+activation layer applies after normalizing: its ``drop`` then ``act``
     children (timm's ``BatchNormAct2d`` convention, which normlab's norm+act layers follow:
     ``act(drop(norm(x)))``); ``nn.Identity`` for a plain norm. :func:`channel_affine`
     checks the order on a probe input."""
-    parts = [getattr(layer, key, None) for key in ("drop", "act")]
-    parts = [part for part in parts if isinstance(part, nn.Module)]
+    found = [getattr(layer, key, None) for key in ("drop", "act")]
+    parts = [part for part in found if isinstance(part, nn.Module)]
     return nn.Sequential(*parts) if parts else nn.Identity()
 
 
 def _fold_into_conv(conv: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
     """``conv <- A * conv + B`` per output channel, computed in float64."""
+    assert isinstance(conv, _CONVS), "folds into a convolution only"
     weight = conv.weight.detach().double()
     a, b = scale.double(), shift.double()
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(a)
@@ -248,24 +258,25 @@ def _traced_pairs(model: nn.Module) -> list[tuple[str, str]] | None:
     calls: dict[str, int] = {}  # a module called twice shares its weights: never folded
     for node in graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], NormBase):
+        target = str(node.target)  # a module's qualified name for call_module nodes
+        if node.op != "call_module" or not isinstance(modules[target], NormBase):
             continue
         source = node.args[0] if node.args else None
         if (
             isinstance(source, torch.fx.Node)
             and source.op == "call_module"
-            and isinstance(modules[source.target], _CONVS)
+            and isinstance(modules[str(source.target)], _CONVS)
             and len(source.users) == 1
-            and calls[source.target] == 1
-            and calls[node.target] == 1
+            and calls[str(source.target)] == 1
+            and calls[target] == 1
             and len(node.args) == 1
             and not node.kwargs
         ):
-            pairs.append((source.target, node.target))
+            pairs.append((str(source.target), target))
     return pairs
 
 

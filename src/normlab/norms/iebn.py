@@ -161,16 +161,19 @@ class IEBN(BatchNorm):
         self.position = _choice(position, POSITIONS, "position")
         self.activation = _choice(activation, ACTIVATIONS, "activation")
         self.gate_init = (float(gate_init[0]), float(gate_init[1]))
-        options = {"device": device, "dtype": dtype}
+
+        def empty(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+
         if self.operator == "linear":
-            self.gate_weight = nn.Parameter(torch.empty(num_features, **options))
-            self.gate_bias = nn.Parameter(torch.empty(num_features, **options))
+            self.gate_weight = empty(num_features)
+            self.gate_bias = empty(num_features)
         elif self.operator == "fc":
             hidden = max(num_features // int(reduction), 1)
-            self.gate_fc1_weight = nn.Parameter(torch.empty(hidden, num_features, **options))
-            self.gate_fc1_bias = nn.Parameter(torch.empty(hidden, **options))
-            self.gate_fc2_weight = nn.Parameter(torch.empty(num_features, hidden, **options))
-            self.gate_fc2_bias = nn.Parameter(torch.empty(num_features, **options))
+            self.gate_fc1_weight = empty(hidden, num_features)
+            self.gate_fc1_bias = empty(hidden)
+            self.gate_fc2_weight = empty(num_features, hidden)
+            self.gate_fc2_bias = empty(num_features)
         self.reset_gate()
 
     def reset_parameters(self) -> None:

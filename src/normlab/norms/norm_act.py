@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -60,8 +60,9 @@ def _act_class(act_layer: str | Callable[..., nn.Module]) -> Callable[..., nn.Mo
     key = act_layer.lower()
     if key in _TORCH_ACTS:
         return _TORCH_ACTS[key]
+    found: Callable[..., nn.Module] | None
     try:  # timm's names (e.g. "gelu_tanh"), when timm is installed
-        from timm.layers import get_act_layer
+        from timm.layers import get_act_layer  # optional dependency: timm
 
         found = get_act_layer(key)
     except (ImportError, KeyError):
@@ -114,6 +115,10 @@ class NormAct(nn.Module):
     into its norm+act layer (and back); ``act`` and ``drop`` are submodules, as in timm.
     """
 
+    if TYPE_CHECKING:  # from the norm class it is mixed with (see norm_act_class)
+
+        def normalize(self, x: torch.Tensor) -> torch.Tensor: ...
+
     def __init__(
         self,
         num_features: int,
@@ -130,7 +135,8 @@ class NormAct(nn.Module):
         self.act = create_act(act_layer, act_kwargs, inplace, apply_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(self.normalize(x)))
+        y: torch.Tensor = self.act(self.drop(self.normalize(x)))
+        return y
 
 
 @functools.cache
@@ -156,7 +162,9 @@ def norm_act_class(norm_class: type) -> type:
     return cls
 
 
-def get_norm_act_layer(spec: NormSpec, dim: int = 2, **bind: Any) -> type | functools.partial:
+def get_norm_act_layer(
+    spec: NormSpec, dim: int = 2, **bind: Any
+) -> type | functools.partial[nn.Module]:
     """The norm+act class of ``spec`` for ``dim``, or a :func:`functools.partial` of it
     keeping ``bind`` (as timm's ``get_norm_act_layer`` returns a class or a partial)."""
     if isinstance(spec, functools.partial):
@@ -203,11 +211,13 @@ def norm_act(spec: NormSpec = "bn", dim: int = 2, **bind: Any) -> Callable[..., 
                     f"normlab.norm_act({spec!r}, act_layer=torch.nn.SiLU), or act_layer=None"
                 )
             act_layer = None
-        return layer(num_features, act_layer=act_layer, **kwargs)
+        built: nn.Module = layer(num_features, act_layer=act_layer, **kwargs)
+        return built
 
     build.__name__ = build.__qualname__ = f"norm_act_{name}"
     return build
 
 
-_GENERATED = [norm_act_class(resolve_norm(n, d)) for n in list_norms() for d in (1, 2, 3)]
+_FAMILIES: list[type] = [resolve_norm(n, d) for n in list_norms() for d in (1, 2, 3)]
+_GENERATED = [norm_act_class(family) for family in _FAMILIES]
 __all__ += [cls.__name__ for cls in _GENERATED]  # noqa: PLE0605 - generated classes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import operator
 import warnings
+from typing import Any
 
 import torch
 
@@ -235,9 +236,15 @@ class InstanceNorm(BatchStatistics, NormBase):
         )
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-        error_msgs,
-    ):
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         """torch's rule for checkpoints without a version: running statistics given to a
         layer that does not track them are an error (and are dropped)."""
         keys = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]

@@ -13,6 +13,9 @@ ratios by one-hot argmax ratios and freezes them (SN paper 4.1.4, Table III).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -28,7 +31,7 @@ NORMALIZERS = ("in", "ln", "bn", "gn")
 SEMANTICS = ("torch", "authors")
 
 
-def _canonical(normalizers, using_bn: bool, dim: int) -> tuple[str, ...]:
+def _canonical(normalizers: Sequence[str] | None, using_bn: bool, dim: int) -> tuple[str, ...]:
     if normalizers is None:
         normalizers = ("ln", "bn") if dim == 1 else ("in", "ln", "bn")
         if not using_bn:
@@ -209,7 +212,7 @@ class SwitchNorm(BatchStatistics, NormBase):
         """As BatchNorm's; under ``semantics="authors"`` the running variance starts at 0."""
         super().reset_running_stats()
         if self.semantics == "authors" and self.track_running_stats:
-            self.running_var.zero_()
+            self.tracked_buffers()[1].zero_()
 
     def batch_variance(
         self, var: torch.Tensor, values: int | torch.Tensor, count: int
@@ -332,15 +335,23 @@ class SwitchNorm(BatchStatistics, NormBase):
             self.normalizers[int(self.var_weight.argmax())],
         )
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.hard:
             destination[prefix + "hard"] = torch.tensor(True)
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-        error_msgs,
-    ):
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         hard = state_dict.pop(prefix + "hard", None)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

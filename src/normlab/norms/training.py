@@ -3,7 +3,7 @@ projections, batch-average statistics and the constant-noise / virtual-batch swi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -130,7 +130,8 @@ def set_virtual_batch_size(model: nn.Module, size: int | None) -> nn.Module:
 
 
 def _inputs(batch: Any) -> torch.Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
+    x: torch.Tensor = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return x
 
 
 @torch.no_grad()
@@ -189,11 +190,11 @@ def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int
     for layer in layers:
         layer.start_batch_average()
         layer.update_running_stats = layer.sums_running_stats = True
-    for layer in torch_layers:
-        layer.reset_running_stats()
-        layer.running_var.zero_()
-        layer.momentum = 0.0
-        weights[layer] = torch.zeros((), dtype=torch.float64)
+    for bn in torch_layers:
+        bn.reset_running_stats()
+        _running(bn)[1].zero_()
+        bn.momentum = 0.0
+        weights[bn] = torch.zeros((), dtype=torch.float64)
     used = 0
     try:
         model.train()
@@ -204,12 +205,12 @@ def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int
             used += 1
         for layer in layers:
             layer.finish_batch_average()
-        for layer in torch_layers:
-            if float(weights[layer]) == 0:  # no batch reached this layer
-                layer.reset_running_stats()
+        for bn in torch_layers:
+            if float(weights[bn]) == 0:  # no batch reached this layer
+                bn.reset_running_stats()
             else:
-                weight = weights[layer].to(layer.running_var.dtype)
-                pool_sums(layer.running_mean, layer.running_var, weight)
+                running_mean, running_var = _running(bn)
+                pool_sums(running_mean, running_var, weights[bn].to(running_var.dtype))
     finally:
         for hook in hooks:
             hook.remove()
@@ -218,8 +219,8 @@ def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int
                 momentum, update, sums
             )
             layer.summed_weight = None
-        for layer, momentum in zip(torch_layers, saved_torch):
-            layer.momentum = momentum
+        for bn, momentum in zip(torch_layers, saved_torch):
+            bn.momentum = momentum
         for module, mode in saved_modes.items():
             module.training = mode
     if used == 0:
@@ -227,11 +228,19 @@ def update_norm_stats(model: nn.Module, batches: Iterable[Any], num_batches: int
     return used
 
 
-def _has_running_stats(layer: nn.Module) -> bool:
+def _has_running_stats(layer: BatchStatistics | _BatchNorm) -> bool:
     return layer.track_running_stats and layer.running_mean is not None
 
 
-def _sum_input_statistics(weights: dict[nn.Module, torch.Tensor]):
+def _running(layer: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torch BatchNorm's ``running_mean`` and ``running_var`` (it tracks them here)."""
+    assert layer.running_mean is not None and layer.running_var is not None
+    return layer.running_mean, layer.running_var
+
+
+def _sum_input_statistics(
+    weights: dict[nn.Module, torch.Tensor],
+) -> Callable[[_BatchNorm, tuple[Any, ...]], None]:
     """A forward pre-hook that adds a torch BatchNorm input's per-channel sums (weighted by
     its values per channel) to the layer's buffers and its weight to ``weights``."""
 
@@ -242,7 +251,8 @@ def _sum_input_statistics(weights: dict[nn.Module, torch.Tensor]):
         flat = x.transpose(0, 1).reshape(x.shape[1], -1).to(statistics_dtype(x))
         var, mean = torch.var_mean(flat, dim=1, correction=0)
         values = torch.tensor([[flat.shape[1]]], dtype=flat.dtype, device=flat.device)
-        add_sums(module.running_mean, module.running_var, mean[None], var[None], values)
+        running_mean, running_var = _running(module)
+        add_sums(running_mean, running_var, mean[None], var[None], values)
         weights[module] = weights[module] + flat.shape[1]
 
     return hook

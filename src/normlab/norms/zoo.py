@@ -39,7 +39,7 @@ class LayerKind:
     act: bool = False
 
 
-_TORCH_KINDS: tuple[tuple[type, LayerKind], ...] = (
+_TORCH_KINDS: tuple[tuple[type[nn.Module], LayerKind], ...] = (
     (nn.SyncBatchNorm, LayerKind("bn")),
     (nn.BatchNorm1d, LayerKind("bn", 1)),
     (nn.BatchNorm2d, LayerKind("bn", 2)),
