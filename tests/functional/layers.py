@@ -4,7 +4,7 @@ import inspect
 
 import torch
 
-from normlab.norms import resolve_norm
+from normlab.norms import norm_info, resolve_norm
 
 C = 4
 
@@ -19,8 +19,10 @@ def track_options(name, dim=2):
 def make_layer(name, dim=2, backend=None, training=True, track=True):
     """A float64 layer of C channels, with running statistics as ``track`` says where it
     takes the flag, and parameters and buffers moved away from their initial values (so
-    that no term of a derivative vanishes)."""
-    kwargs = {"backend": backend}
+    that no term of a derivative vanishes). In training, a norm whose backward treats part
+    of its forward as constant is built where that part is constant (its registered
+    ``gradcheck_kwargs``), so that numerical derivatives check its gradients."""
+    kwargs = {"backend": backend, **(norm_info(name).gradcheck_kwargs if training else {})}
     if track is not None and track_options(name, dim) != [None]:
         kwargs["track_running_stats"] = track
     layer = resolve_norm(name, dim)(C, **kwargs).double().train(training)

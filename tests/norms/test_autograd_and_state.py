@@ -7,23 +7,15 @@ import pytest
 import torch
 
 import normlab
+from tests.norms.tables import norm_variants
 
 C = 4
-VARIANTS = {
-    "bn": {},
-    "in": {},
-    "ln": {},
-    "gn": {"num_groups": 2},
-    "sn": {},
-    "iebn": {},
-    "iebn-fc": {"operator": "fc", "reduction": 2, "position": "both"},
-    "bin": {},
-}
+VARIANTS = norm_variants()
 
 
 def layer_for(variant, dim=2, **extra):
-    kind = variant.split("-")[0]
-    layer = normlab.create_norm(kind, C, dim=dim, **{**VARIANTS[variant], **extra}).double()
+    name, kwargs = VARIANTS[variant]
+    layer = normlab.create_norm(name, C, dim=dim, **{**kwargs, **extra}).double()
     with torch.no_grad():
         for name, p in layer.named_parameters():
             if name == "gate":
@@ -36,7 +28,9 @@ def layer_for(variant, dim=2, **extra):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_gradcheck_fused_backend(variant, training):
-    layer = layer_for(variant, backend="fused").train(training)
+    name = VARIANTS[variant][0]
+    exact = normlab.norms.norm_info(name).gradcheck_kwargs if training else {}
+    layer = layer_for(variant, backend="fused", **exact).train(training)
     x = torch.randn(3, C, 2, 3, dtype=torch.float64, requires_grad=True)
     params = [p for p in layer.parameters()]
     names = list(dict(layer.named_parameters()))
@@ -56,7 +50,8 @@ def test_state_dict_round_trip(variant):
     buffer = io.BytesIO()
     torch.save(layer.state_dict(), buffer)
     buffer.seek(0)
-    fresh = normlab.create_norm(variant.split("-")[0], C, **VARIANTS[variant]).double()
+    name, kwargs = VARIANTS[variant]
+    fresh = normlab.create_norm(name, C, **kwargs).double()
     fresh.load_state_dict(torch.load(buffer))
     for key, value in layer.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
@@ -116,7 +111,7 @@ def test_compile_fullgraph_matches_eager(variant, training):
         torch.testing.assert_close(compiled_layer.state_dict()[key], value)
 
 
-@pytest.mark.parametrize("variant", ["bn", "sn", "bin"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_outputs_can_be_modified_in_place(variant):
     """Networks apply ReLU(inplace=True) right after the norm."""
     grads = {}

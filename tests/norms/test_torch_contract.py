@@ -1,14 +1,16 @@
 """torch's contract for every registered norm, against its closest ``torch.nn`` layer.
 
 Every table below is generated from ``normlab.list_norms()`` x dims (1, 2, 3) x backends
-(``normlab.functional.BACKENDS``). ``TWINS`` says how each norm meets its torch twin:
+(``normlab.functional.BACKENDS``). ``TWINS`` holds how each norm meets its torch twin, as
+the norm declares it (``register_norm(twin=normlab.norms.TorchTwin(...))``):
 BN -> ``nn.BatchNorm{1,2,3}d``, IN -> ``nn.InstanceNorm{1,2,3}d``, LN -> ``nn.GroupNorm(1, C)``,
-GN -> ``nn.GroupNorm``; IEBN, SN and BIN follow BatchNorm's contract for their BN part (running
-statistics, ``num_batches_tracked``, eval, errors) and are compared with it at their
-BN-equivalent point for outputs and gradients. A newly registered norm fails
-``test_every_registered_norm_has_a_twin`` until it gets a row, and is then covered by every
-table. Comparisons are in float64: outputs, gradients, running statistics, step counters,
-state dicts and exception types (ours must be an instance of the type torch raises).
+GN -> ``nn.GroupNorm``; IEBN, SN, BIN and the other BN kin follow BatchNorm's contract for
+their BN part (running statistics, ``num_batches_tracked``, eval, errors) and are compared
+with it at their BN-equivalent point for outputs and gradients. The twin is a required argument of
+``register_norm``: a newly registered norm is in every table, unless it declares that it has
+no torch twin (``twin=None``). Comparisons are in float64: outputs, gradients, running
+statistics, step counters, state dicts and exception types (ours must be an instance of the
+type torch raises).
 
 Deliberate differences from torch (documented in the layers' docstrings), and so skipped
 or asserted differently here:
@@ -32,7 +34,6 @@ import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -40,58 +41,19 @@ from torch import nn
 
 import normlab
 from normlab.functional import BACKENDS
-from normlab.norms import resolve_norm
+from normlab.norms import TorchTwin, norm_info, resolve_norm
+from tests.norms.tables import torch_twins
 
 C = 4
 DIMS = (1, 2, 3)
 F64 = torch.float64
 TOL = {"atol": 1e-10, "rtol": 1e-8}
-
-
-def _saturate_gate(layer: nn.Module) -> None:
-    """IEBN's gate at exactly 1: gamma_hat = 0 and sigmoid(40) == 1.0 in float64."""
-    with torch.no_grad():
-        layer.gate_weight.zero_()
-        layer.gate_bias.fill_(40.0)
-
-
-@dataclass
-class Twin:
-    """How a registered norm meets its closest torch layer.
-
-    Attributes:
-        kind: ``"bn"``, ``"in"`` or ``"gn"`` (the torch family).
-        groups: GroupNorm groups of the twin (kind ``"gn"``).
-        kwargs: our constructor arguments, always.
-        point: extra constructor arguments that put the layer at its twin's point (outputs).
-        prepare: puts a built layer at its twin's point (outputs).
-        init: non-default initial values of its own parameters, for the reset tests.
-        instance_branch: the layer also normalizes each (n, c) by its own statistics.
-    """
-
-    kind: str
-    groups: int = 0
-    kwargs: dict = field(default_factory=dict)
-    point: dict = field(default_factory=dict)
-    prepare: Callable[[nn.Module], None] | None = None
-    init: dict = field(default_factory=dict)
-    instance_branch: bool = False
-
-
-TWINS = {
-    "bn": Twin("bn"),
-    "in": Twin("in"),
-    "ln": Twin("gn", groups=1),
-    "gn": Twin("gn", groups=2, kwargs={"num_groups": 2}),
-    "sn": Twin("bn", point={"normalizers": ("bn",)}, init={"last_gamma": True}),
-    "iebn": Twin("bn", prepare=_saturate_gate, init={"gate_init": (0.5, 2.0)}),
-    "bin": Twin("bn", init={"gate_init": 0.3}, instance_branch=True),
-}
+TWINS = torch_twins()
 TORCH_CLASSES = {
     "bn": {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
     "in": {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d},
 }
-NAMES = normlab.list_norms()
+NAMES = list(TWINS)
 CASES = [(name, dim) for name in NAMES for dim in DIMS]
 RUNS = [(name, dim, backend) for name, dim in CASES for backend in BACKENDS]
 
@@ -137,10 +99,7 @@ def ours(name, dim, backend="reference", *, point=False, num_features=C, eps=1e-
         )
     if groups is not None:
         kwargs["num_groups"] = groups
-    layer = normlab.create_norm(name, num_features, dim=dim, **kwargs)
-    if point and twin.prepare is not None:
-        twin.prepare(layer)
-    return layer
+    return normlab.create_norm(name, num_features, dim=dim, **kwargs)
 
 
 def pair(name, dim, backend="reference", seed=0, **kwargs) -> tuple[nn.Module, nn.Module]:
@@ -241,8 +200,15 @@ def input_shapes(name: str, dim: int) -> list[tuple[bool, int]]:
 # --------------------------------------------------------------------------- registry
 
 
-def test_every_registered_norm_has_a_twin():
-    assert set(TWINS) == set(NAMES), "add a Twin row for every registered norm"
+def test_every_registered_norm_declares_its_twin():
+    """``register_norm(twin=...)`` is a required declaration: a norm has a torch twin (and is
+    then in every table below) or says it has none."""
+    for name in normlab.list_norms():
+        twin = norm_info(name).twin
+        assert twin is None or isinstance(twin, TorchTwin), name
+        assert twin is None or twin.kind in ("bn", "in", "gn"), (name, twin)
+    with pytest.raises(TypeError, match="twin"):
+        normlab.norms.register_norm("twinless")  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("name, dim", CASES, ids=ids)

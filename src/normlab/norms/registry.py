@@ -141,6 +141,7 @@ class NormInfo:
     probe: Callable[[Any, torch.Tensor], Record] | None = None
     figure: FigureSpec | None = None
     test_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"": {}})
+    gradcheck_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def layer_class(self, dim: int) -> type[NormBase]:
         """The family's form for ``dim``: the class ``<Family><dim>d`` of its module."""
@@ -176,6 +177,7 @@ def register_norm(
     probe: Callable[[Any, torch.Tensor], Record] | None = None,
     figure: FigureSpec | None = None,
     test_variants: Mapping[str, Mapping[str, Any]] | None = None,
+    gradcheck_kwargs: Mapping[str, Any] | None = None,
 ) -> Callable[[T], T]:
     """Class decorator registering a normalizer family under ``name``.
 
@@ -201,6 +203,10 @@ def register_norm(
         figure: its figure in reports (:class:`FigureSpec`).
         test_variants: variant suffix -> constructor arguments, one row each in the
             generated test tables (default ``{"": {}}``: the defaults only).
+        gradcheck_kwargs: constructor arguments the generated numerical gradient checks
+            add in training, for a norm whose backward treats part of its training
+            forward as constant (BRN's r and d): where that part is constant, so that the
+            gradient is the forward's derivative. Default: none (it always is).
 
     Raises:
         NormConfigError: when ``name`` or an alias is taken by another norm.
@@ -224,6 +230,7 @@ def register_norm(
             probe=probe,
             figure=figure,
             test_variants={"": {}} if test_variants is None else dict(test_variants),
+            gradcheck_kwargs=dict(gradcheck_kwargs or {}),
         )
         for spelling in spellings:
             _ALIASES[spelling] = name
@@ -316,12 +323,20 @@ def resolve_norm(name: str, dim: int = 2) -> type[NormBase]:
 
 def norm_options(name: str, dim: int = 2) -> dict[str, inspect.Parameter]:
     """The constructor options of a norm, by name (everything after C: ``eps``,
-    ``momentum``, its own settings, ``device``...), for configs and the command line."""
-    parameters = inspect.signature(resolve_norm(name, dim)).parameters
-    return {
-        key: p for key, p in parameters.items()
-        if key not in NOT_OPTIONS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    ``momentum``, its own settings, ``device``...), for configs and the command line; a
+    constructor that passes ``**kwargs`` on adds its base class's options."""
+    options: dict[str, inspect.Parameter] = {}
+    for cls in resolve_norm(name, dim).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        for p in parameters:
+            if p.name not in NOT_OPTIONS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                options.setdefault(p.name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return options
 
 
 def validate_norm_kwargs(name: str, kwargs: Mapping[str, Any], dim: int = 2) -> None:
@@ -346,7 +361,7 @@ def get_norm_layer(spec: NormSpec, dim: int = 2, **bind: Any) -> Callable[..., n
     """The layer class of ``spec`` for ``dim``, or a :func:`functools.partial` of it keeping
     ``bind`` — the ``norm_layer`` argument torchvision's and timm's models take::
 
-        torchvision.models.resnet50(norm_layer=normlab.norm_layer("sn"))
+        torchvision.models.resnet50(norm_layer=normlab.norm_layer("gn"))
         timm.create_model("resnet50", norm_layer=normlab.norm_layer("iebn", momentum=0.05))
 
     Models call it as ``norm_layer(C, **factory_kwargs)`` (timm adds ``device``/``dtype``).
