@@ -12,5 +12,6 @@ from normlab.norms import standard  # bn, in, ln, gn
 from normlab.norms import switch  # sn
 from normlab.norms import iebn  # iebn
 from normlab.norms import batch_instance  # bin
+from normlab.norms import batch_renorm  # brn
 
 __all__: list[str] = []
