@@ -77,7 +77,7 @@ def test_create_default_names_in_one_second_are_distinct(tmp_path, monkeypatch):
 
 def test_create_named_folder_refuses_a_used_one(tmp_path):
     first = RunFolder.create(tmp_path, "a", "run")
-    with pytest.raises(RunDirError, match="already exists and is not empty; resume it"):
+    with pytest.raises(RunDirError, match=rf"run folder .* in use .*pid {os.getpid()}"):
         RunFolder.create(tmp_path, "a", "run")  # claimed (locked) but still empty
     first.write_config("x: 1\n")
     first.lock().release()
@@ -286,3 +286,15 @@ def test_summary_never_ahead_of_last(tmp_path, monkeypatch):
         [LOCK, LAST, BEST, METRICS, SUMMARY]
     )
 
+
+
+def test_recover_for_a_resume_from_prev(tmp_path):
+    folder = RunFolder.create(tmp_path, "r", "run")
+    for epoch in (1, 2, 3):
+        _commit(folder, epoch)
+    (folder.path / LAST).write_bytes(b"damaged")
+    repairs = folder.recover(PREV)
+    assert [r["epoch"] for r in folder.metrics()] == [1, 2]
+    assert folder.load_checkpoint(BEST)["epoch"] == 2
+    assert folder.read_summary()["epochs_done"] == 2
+    assert len(repairs) == 3, repairs

@@ -449,7 +449,7 @@ class RunFolder:
         except RunDirError:
             if fresh:
                 raise FileExistsError(path) from None
-            raise RunDirError(_exists_message(path)) from None
+            raise
         if any(p.name != LOCK for p in path.iterdir()):
             folder._lock.release()
             if fresh:
@@ -525,26 +525,31 @@ class RunFolder:
         self.append_metrics(row)
         self.write_summary(summary)
 
-    def recover(self) -> list[str]:
-        """Bring the folder's files in line with ``last.pt`` before a run resumes.
+    def recover(self, checkpoint: str | Path = LAST) -> list[str]:
+        """Bring the folder's files in line with ``checkpoint`` before a run resumes from it.
 
-        Removes leftover ``*.tmp`` files; drops metrics rows newer than ``last.pt`` (and
-        repeated rows of one epoch); re-appends the row stored in ``last.pt`` if it is
-        missing; rewrites ``best.pt`` from ``last.pt`` when ``last.pt`` is a best epoch that
-        ``best.pt`` does not hold; marks a summary that claims more epochs than ``last.pt``.
+        Removes leftover ``*.tmp`` files; drops metrics rows newer than the checkpoint (and
+        repeated rows of one epoch); re-appends the row stored in the checkpoint if it is
+        missing; rewrites ``best.pt`` from the checkpoint when it is a best epoch that
+        ``best.pt`` does not hold; marks a summary that claims more epochs than it holds.
+
+        Args:
+            checkpoint: The checkpoint the run resumes from (a file name in this folder or
+                a path); default ``last.pt``.
 
         Returns:
             One line per repair made (empty when the folder was consistent).
 
         Raises:
-            CheckpointError: ``last.pt`` is missing or unreadable.
+            CheckpointError: The checkpoint is missing or unreadable.
             FolderWriteError: A repair cannot be written.
         """
         repairs = []
         for tmp in sorted(self.path.glob("*" + TMP_SUFFIX)):
             _remove(tmp)
             repairs.append(f"removed the unfinished write {tmp.name}")
-        ckpt = self.load_checkpoint(LAST)
+        source = self._checkpoint_file(checkpoint)
+        ckpt = load_checkpoint(source)
         epoch = int(ckpt["epoch"])
         rows, torn = self._rows(strict=False)
         by_epoch: dict[int, dict[str, Any]] = {}
@@ -553,10 +558,12 @@ class RunFolder:
         kept = [by_epoch[e] for e in sorted(by_epoch) if e <= epoch]
         if ckpt.get("row") is not None and epoch not in by_epoch:
             kept.append(ckpt["row"])
-            repairs.append(f"{METRICS}: added the row of epoch {epoch} stored in {LAST}")
+            repairs.append(f"{METRICS}: added the row of epoch {epoch} stored in {source.name}")
         dropped = len(rows) - len([r for r in rows if int(r["epoch"]) <= epoch])
         if dropped:
-            repairs.append(f"{METRICS}: dropped {dropped} row(s) newer than {LAST} (epoch {epoch})")
+            repairs.append(
+                f"{METRICS}: dropped {dropped} row(s) newer than {source.name} (epoch {epoch})"
+            )
         repeated = len([r for r in rows if int(r["epoch"]) <= epoch]) - len(
             [e for e in by_epoch if e <= epoch]
         )
@@ -566,20 +573,22 @@ class RunFolder:
             repairs.append(f"{METRICS}: dropped an unfinished last line")
         if kept != rows or torn:
             self.write_metrics(kept)
-        repairs += self._recover_best(ckpt, epoch)
+        repairs += self._recover_best(ckpt, epoch, source)
         summary = self.read_summary()
         done = summary.get("epochs_done")
         if isinstance(done, int) and done > epoch:
             summary.update(
                 status="interrupted",
                 epochs_done=epoch,
-                message=f"{SUMMARY} claimed epoch {done} but {LAST} holds epoch {epoch}",
+                message=f"{SUMMARY} claimed epoch {done} but {source.name} holds epoch {epoch}",
             )
             self.write_summary(summary)
-            repairs.append(f"{SUMMARY}: claimed epoch {done}, {LAST} holds {epoch}; corrected")
+            repairs.append(
+                f"{SUMMARY}: claimed epoch {done}, {source.name} holds {epoch}; corrected"
+            )
         return repairs
 
-    def _recover_best(self, ckpt: dict[str, Any], epoch: int) -> list[str]:
+    def _recover_best(self, ckpt: dict[str, Any], epoch: int, source: Path) -> list[str]:
         if not ckpt.get("best") or ckpt.get("best_epoch", epoch) != epoch:
             return []
         best = self.path / BEST
@@ -589,8 +598,8 @@ class RunFolder:
                     return []
             except CheckpointError:
                 pass
-        _copy_atomic(self.path / LAST, best)
-        return [f"{BEST}: rewritten from {LAST} (epoch {epoch} is the best epoch)"]
+        _copy_atomic(source, best)
+        return [f"{BEST}: rewritten from {source.name} (epoch {epoch} is the best epoch)"]
 
     # -- reading (no lock needed) -----------------------------------------------------------
 
@@ -648,12 +657,13 @@ class RunFolder:
         """Path of a checkpoint file in this folder (``last.pt``, ``prev.pt``, ``best.pt``)."""
         return self.path / name
 
+    def _checkpoint_file(self, name_or_path: str | Path) -> Path:
+        path = Path(name_or_path)
+        return self.path / path if len(path.parts) == 1 else path
+
     def load_checkpoint(
         self, name_or_path: str | Path = LAST, map_location: str | torch.device = "cpu"
     ) -> dict[str, Any]:
         """A checkpoint of this folder (by file name) or any path, loaded and validated
         (see :func:`load_checkpoint`)."""
-        path = Path(name_or_path)
-        if len(path.parts) == 1:
-            path = self.path / path
-        return load_checkpoint(path, map_location)
+        return load_checkpoint(self._checkpoint_file(name_or_path), map_location)
