@@ -17,8 +17,7 @@ from normlab.norms import norm_figure, norm_summary
 from normlab.report.figures import accuracy_figure, draw_norm_figure, learning_curves_figure
 from normlab.report.tables import markdown_table
 from normlab.train import Builders, load_config, load_run
-from normlab.train.records import MetricsLog, read_summary, write_text_atomic
-from normlab.train.runner import CONFIG_FILE
+from normlab.train.run_folder import CONFIG, RunFolder, write_text_atomic
 
 __all__ = ["CellResult", "collect_results", "experiment_report"]
 
@@ -51,7 +50,7 @@ def collect_results(
         folder = cell_folder(out, experiment, scale, cell)
         runs = sorted((p for p in folder.glob("seed*") if _seed_of(p) is not None), key=_seed_of)
         for run in runs:
-            summary = read_summary(run)
+            summary = RunFolder(run).read_summary()
             if summary.get("status") == "completed":
                 acc = float(summary["final_acc" if experiment.epoch == "last" else "best_acc"])
                 result.values.append(100.0 - acc if experiment.metric == "error" else acc)
@@ -93,7 +92,7 @@ def _learned_figures(
         if not result.seeds:
             continue
         run_dir = cell_folder(out, experiment, scale, cell) / f"seed{result.seeds[0]}"
-        spec = norm_figure(load_config(run_dir / CONFIG_FILE).model.norm)
+        spec = norm_figure(load_config(run_dir / CONFIG).model.norm)
         if spec is None:
             continue
         model = load_run(run_dir, builders=builders).model
@@ -177,8 +176,8 @@ def experiment_report(
     if experiment.curves:
         curves = {
             f"{row} / {column}" if len(experiment.columns) > 1 else row: [
-                [r["test_acc"] for r in MetricsLog(
-                    cell_folder(out, experiment, scale, (row, column)) / f"seed{seed}").rows()]
+                [r["test_acc"] for r in RunFolder(
+                    cell_folder(out, experiment, scale, (row, column)) / f"seed{seed}").metrics()]
                 for seed in result.seeds
             ]
             for (row, column), result in results.items()
