@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from normlab.bench.measure import interleaved_times
+from normlab.models import create_model
 from normlab.norms import NormBase, fuse_for_inference, list_norms
 
 __all__ = ["BASELINE", "HARDENED", "InferenceResult", "bench_inference"]
@@ -41,8 +42,6 @@ class InferenceResult:
 
 
 def _network(model: str, norm: str, num_classes: int) -> nn.Module:
-    from normlab.models import create_model
-
     if norm == BASELINE:
         return create_model(model, num_classes=num_classes, norm=nn.BatchNorm2d).eval()
     net = create_model(model, num_classes=num_classes, norm="sn" if norm == HARDENED else norm)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 __all__ = [
     "Timing",
@@ -88,7 +89,7 @@ def peak_bandwidth_gbps(device: torch.device) -> float | None:
     width = getattr(props, "memory_bus_width", None)
     if not (clock and width):
         try:
-            from triton.runtime import driver
+            from triton.runtime import driver  # optional dependency: triton
 
             index = device.index if device.index is not None else torch.cuda.current_device()
             info = driver.active.utils.get_device_properties(index)
@@ -146,8 +147,6 @@ def peak_bytes(step: Callable[[], object], device: torch.device) -> int:
         step()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = sorted(

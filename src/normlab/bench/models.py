@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from normlab.bench.measure import interleaved_times
+from normlab.models import create_model
 from normlab.norms import list_norms, param_groups, post_step
 
 __all__ = ["BASELINE", "ModelResult", "bench_models"]
@@ -46,8 +47,6 @@ def bench_models(
 ) -> list[ModelResult]:
     """Time one SGD training step of ``model`` built with torch's BatchNorm2d (the
     baseline, first row) and with each normlab norm."""
-    from normlab.models import create_model
-
     dev = torch.device(device)
     names = [BASELINE, *(norms or list_norms())]
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev)

@@ -40,6 +40,8 @@ _SPLIT_SEED = 1797
 
 @functools.lru_cache(maxsize=1)
 def _load_scans() -> tuple[np.ndarray, np.ndarray]:
+    # optional dependency at import time: scikit-learn takes seconds to import, and only
+    # reading the digits needs it (not `import normlab` or `normlab --help`)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

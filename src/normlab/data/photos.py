@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +28,7 @@ BUILTIN_STYLE = "immunohistochemistry"
 
 def _from_skimage(name: str) -> torch.Tensor:
     try:
-        from skimage import data as samples
+        from skimage import data as samples  # optional dependency: scikit-image
     except ImportError as exc:
         raise MissingDatasetError(
             name, "the built-in photos come from scikit-image, which is not installed",
@@ -45,11 +46,10 @@ def _from_skimage(name: str) -> torch.Tensor:
 
 def _from_file(path: Path) -> torch.Tensor:
     try:
-        from PIL import Image
+        from PIL import Image  # optional dependency: Pillow
     except ImportError as exc:
         raise DatasetError(path, "reading image files needs Pillow, which is not installed",
                            "`pip install normlab[images]`") from exc
-    import numpy as np
 
     with Image.open(path) as image:
         return torch.from_numpy(np.array(image.convert("RGB")))

@@ -36,7 +36,7 @@ def _standardize(textures: torch.Tensor) -> torch.Tensor:
 
 
 def _skimage_textures(kind: str) -> torch.Tensor:
-    from skimage import data as samples
+    from skimage import data as samples  # optional dependency: scikit-image
 
     textures = []
     for name in _SKIMAGE_TEXTURES[kind]:
@@ -72,7 +72,7 @@ def _bank(kind: str, source: str) -> torch.Tensor:
 
 def _skimage_available() -> bool:
     try:
-        import skimage.data  # noqa: F401
+        import skimage.data  # noqa: F401  # optional dependency: scikit-image
     except ImportError:
         return False
     return True

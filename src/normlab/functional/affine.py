@@ -80,7 +80,7 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def _triton_kernels() -> ModuleType | None:
     """The Triton kernels module, or ``None`` (with one warning) if it cannot be imported."""
     try:
-        from normlab.functional import triton_kernels
+        from normlab.functional import triton_kernels  # optional dependency: triton
     except Exception as error:  # missing triton: silent; a broken install: say so once
         if getattr(error, "name", None) != "triton":
             warnings.warn(
