@@ -1,13 +1,11 @@
-"""What a run folder records besides checkpoints: metrics rows, summary, environment.
+"""What a run records besides its run folder's files: environment, settings, TensorBoard.
 
-- ``metrics.jsonl``: one JSON object per finished epoch: ``epoch`` (1-based count of
-  finished epochs), ``lr`` (group 0 at the epoch's first step), ``train_loss``,
-  ``train_acc`` (running average over the epoch, train mode), ``test_loss``, ``test_acc``,
-  ``test_acc5`` (percent), ``eval_time_s`` and ``time_s`` (whole epoch, wall clock).
-  On resume, rows of epochs newer than the checkpoint are dropped, so every row describes
-  a state that a checkpoint reached.
-- ``summary.json``: final and best accuracy, status, time and environment; rewritten
-  atomically after every epoch, so it is current even after a crash.
+The run folder's files (``metrics.jsonl``, ``summary.json``, checkpoints) are written and
+read by :mod:`normlab.train.run_folder`; its atomic writes are re-exported here as
+``write_text_atomic`` and ``write_json``.
+
+- :func:`environment`: versions, device and source commit, for ``summary.json``.
+- :func:`pin_settings`: results in a folder are only comparable with the same settings.
 - Optional TensorBoard scalars (``run.tensorboard: true``; needs the ``tensorboard`` package).
 """
 
@@ -23,24 +21,17 @@ from typing import Any
 import torch
 
 from normlab.train.errors import RunDirError
-from normlab.train.run_folder import METRICS, SUMMARY, RunFolder, write_text_atomic
 from normlab.train.run_folder import write_json_atomic as write_json
+from normlab.train.run_folder import write_text_atomic
 
 __all__ = [
-    "METRICS",
-    "SUMMARY",
-    "MetricsLog",
     "TensorBoardLog",
+    "differences",
     "environment",
-    "read_summary",
+    "pin_settings",
     "write_json",
     "write_text_atomic",
 ]
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """A run folder's ``summary.json``, or ``{}`` when it has none yet."""
-    return RunFolder(run_dir).read_summary()
 
 
 def differences(asked: Any, stored: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -74,26 +65,6 @@ def pin_settings(settings: dict[str, Any], path: str | Path, what: str) -> None:
             f"{path.parent} holds {what} made with other settings ({', '.join(changed)}); "
             "choose another --out or delete that folder to start over"
         )
-
-
-class MetricsLog:
-    """Append-only ``metrics.jsonl`` of a run folder (see :class:`RunFolder`)."""
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.folder = RunFolder(run_dir)
-        self.path = self.folder.path / METRICS
-
-    def rows(self) -> list[dict[str, Any]]:
-        """All rows written so far."""
-        return self.folder.metrics()
-
-    def append(self, row: dict[str, Any]) -> None:
-        """Append one epoch's row and flush it to disk."""
-        self.folder.append_metrics(row)
-
-    def truncate(self, last_epoch: int) -> None:
-        """Drop rows of epochs after ``last_epoch`` (used when resuming)."""
-        self.folder.write_metrics([r for r in self.rows() if r["epoch"] <= last_epoch])
 
 
 class TensorBoardLog:
