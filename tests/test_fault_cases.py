@@ -356,7 +356,8 @@ def test_eval_batch_size_zero_is_refused(tmp_path, capsys):
 
 
 def test_nonpositive_eps_is_refused(tmp_path, capsys):
-    code, _, err = _train(capsys, _config(tmp_path), "model.kwargs.norm_kwargs={eps: -1.0}")
+    code, _, err = _train(capsys, _config(tmp_path), "model.norm=gn",
+                          "model.kwargs.norm_kwargs={eps: -1.0}")
     _one_line_error(code, err, "eps")
     assert "non-finite" not in err
 
