@@ -414,10 +414,11 @@ class RunFolder:
                 it), or the folder cannot be created.
         """
         parent = Path(parent)
+        where = (parent / name).parent if name is not None else parent
         try:
-            parent.mkdir(parents=True, exist_ok=True)
+            where.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _write_error(parent, exc) from exc
+            raise _write_error(where, exc) from exc
         if name is not None:
             return cls._claim(parent / name, fresh=False)
         stem = f"{default_stem}-{time.strftime('%Y%m%d-%H%M%S')}"
