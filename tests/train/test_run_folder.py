@@ -287,7 +287,6 @@ def test_summary_never_ahead_of_last(tmp_path, monkeypatch):
     )
 
 
-
 def test_recover_for_a_resume_from_prev(tmp_path):
     folder = RunFolder.create(tmp_path, "r", "run")
     for epoch in (1, 2, 3):
