@@ -29,6 +29,7 @@ from normlab.models.resnet_blocks import (
     Bottleneck,
     PreActBasicBlock,
     PreActBottleneck,
+    ResidualUnit,
     conv3x3,
     is_preact,
     make_stages,
@@ -81,7 +82,7 @@ class CifarResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[nn.Module],
+        block: type[ResidualUnit],
         blocks: int,
         widths: tuple[int, int, int] = (16, 32, 64),
         stem_width: int = 16,
@@ -119,7 +120,7 @@ def _basic(depth: int) -> int:
     return (depth - 2) // 6
 
 
-_CIFAR = {"family": "cifar", "input_size": (3, 32, 32), "num_classes": 10}
+_CIFAR: dict[str, Any] = {"family": "cifar", "input_size": (3, 32, 32), "num_classes": 10}
 
 
 @register_model(**_CIFAR)

@@ -27,6 +27,7 @@ from normlab.models.resnet_blocks import (
     BasicBlock,
     Bottleneck,
     PreActBottleneck,
+    ResidualUnit,
     is_preact,
     make_stages,
 )
@@ -73,7 +74,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[nn.Module],
+        block: type[ResidualUnit],
         layers: tuple[int, int, int, int],
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -108,7 +109,7 @@ class ResNet(nn.Module):
         return self.fc(self.dropout(x))
 
 
-_IMAGENET = {"family": "imagenet", "input_size": (3, 224, 224), "num_classes": 1000}
+_IMAGENET: dict[str, Any] = {"family": "imagenet", "input_size": (3, 224, 224), "num_classes": 1000}
 
 
 @register_model(**_IMAGENET, tables=("BIN ImageNet",))

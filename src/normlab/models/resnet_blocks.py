@@ -22,6 +22,7 @@ __all__ = [
     "Bottleneck",
     "PreActBasicBlock",
     "PreActBottleneck",
+    "ResidualUnit",
     "conv1x1",
     "conv3x3",
     "is_preact",
@@ -39,7 +40,7 @@ def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
 
-class _Residual(nn.Module):
+class ResidualUnit(nn.Module):
     """A residual unit: subclasses build the branch (``_build``) and run it (``forward``).
 
     ``width`` is ``planes`` for basic units and torchvision's
@@ -95,7 +96,7 @@ class _Residual(nn.Module):
         return branch + shortcut
 
 
-class BasicBlock(_Residual):
+class BasicBlock(ResidualUnit):
     """Two 3×3 convs with a norm after each (He et al. 2016a); ReLU after the sum."""
 
     def _build(
@@ -113,7 +114,7 @@ class BasicBlock(_Residual):
         return self.relu(self._merge(out, shortcut))
 
 
-class Bottleneck(_Residual):
+class Bottleneck(ResidualUnit):
     """1×1 reduce, 3×3 (grouped for ResNeXt; stride here), 1×1 expand ×4, norm after each."""
 
     expansion = 4
@@ -136,7 +137,7 @@ class Bottleneck(_Residual):
         return self.relu(self._merge(out, shortcut))
 
 
-class PreActBasicBlock(_Residual):
+class PreActBasicBlock(ResidualUnit):
     """Pre-activation basic unit: norm-ReLU-conv3×3 twice (He et al. 2016b).
 
     With ``last_gamma`` the second norm's weight starts at zero, which zeroes the branch.
@@ -159,7 +160,7 @@ class PreActBasicBlock(_Residual):
         return self._merge(out, shortcut)
 
 
-class PreActBottleneck(_Residual):
+class PreActBottleneck(ResidualUnit):
     """Pre-activation bottleneck: norm-ReLU-conv 1×1, 3×3 (stride), 1×1 ×4 (He et al. 2016b)."""
 
     expansion = 4
@@ -184,7 +185,7 @@ class PreActBottleneck(_Residual):
 
 
 def make_stages(
-    block: type[_Residual],
+    block: type[ResidualUnit],
     blocks: Sequence[int],
     widths: Sequence[int],
     in_ch: int,

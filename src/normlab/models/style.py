@@ -76,7 +76,8 @@ class TransformerNet(nn.Module):
         **options: Unpack[NormOptions],
     ) -> None:
         super().__init__()
-        norms = Norms(**{"norm": "in", **options})
+        options.setdefault("norm", "in")
+        norms = Norms(**options)
         layers: list[nn.Module] = []
         for in_ch, out_ch, kernel, stride in ((in_chans, 32, 9, 1), (32, 64, 3, 2),
                                               (64, 128, 3, 2)):
