@@ -93,6 +93,7 @@ def _probe(layer: IEBN, x: torch.Tensor) -> Record:
         labels=("gate δ",),
         xlabel="IEBN layer (input → output)",
         reference=(0.2689, "init σ(−1)"),
+        needs_inputs=True,
     ),
     test_variants={"": {}, "fc": {"operator": "fc", "reduction": 2, "position": "both"}},
 )

@@ -89,6 +89,8 @@ class FigureSpec:
         ylim: y-axis range.
         parts: ``"ratios"``: the record entry naming the stacked parts.
         reference: a horizontal reference line ``(value, label)``, or ``None``.
+        needs_inputs: drawn from what ``norm_summary`` measures on an input batch (the
+            norm's ``probe``), so only where a report has such a batch.
     """
 
     kind: str
@@ -100,6 +102,7 @@ class FigureSpec:
     ylim: tuple[float, float] = (0.0, 1.0)
     parts: str = ""
     reference: tuple[float, str] | None = None
+    needs_inputs: bool = False
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def _learned_figures(
             continue
         run_dir = cell_folder(out, experiment, scale, cell) / f"seed{result.seeds[0]}"
         spec = norm_figure(load_config(run_dir / CONFIG).model.norm)
-        if spec is None:
+        if spec is None or spec.needs_inputs:  # the report has no input batch
             continue
         model = load_run(run_dir, builders=builders).model
         name = f"learned-{run_dir.parent.name}.png"

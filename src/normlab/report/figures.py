@@ -24,16 +24,17 @@ __all__ = [
 ]
 
 
-def _pyplot():
-    import matplotlib
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend."""
+    import matplotlib  # optional: the plotting dependency, loaded when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: as above
 
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -86,7 +87,9 @@ def accuracy_figure(
     return _save(fig, path)
 
 
-def _per_layer_axes(layers: Sequence[Mapping[str, Any]], panels: int = 1, height: float = 3.5):
+def _per_layer_axes(
+    layers: Sequence[Mapping[str, Any]], panels: int = 1, height: float = 3.5
+) -> tuple[Any, list[Any]]:
     """A figure as wide as there are layers, with ``panels`` stacked axes sharing x."""
     plt = _pyplot()
     width = max(6.0, 0.35 * len(layers) + 2)
