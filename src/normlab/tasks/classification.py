@@ -21,16 +21,54 @@ from normlab.train.factory import Loaders, build_loaders, build_model
 from normlab.train.parallel import SINGLE, Parallel
 from normlab.train.task import Forward, StepResult, SumMetric, Task, register_task
 
-__all__ = ["AccuracyMetric", "ClassificationTask", "TrainAccuracy", "evaluate_classifier"]
+__all__ = [
+    "AccuracyMetric",
+    "ClassificationTask",
+    "PerSampleMetric",
+    "TrainAccuracy",
+    "evaluate_classifier",
+]
 
 
-class TrainAccuracy(SumMetric):
+class PerSampleMetric(SumMetric):
+    """Sum states divided by the number of samples seen (``seen``, always a state).
+
+    Args:
+        device: Device of the states.
+        split: ``"training"`` or ``"evaluation"``, for the empty-loader error.
+        outputs: Output key -> ``(state, scale)``: the output is ``scale * state / seen``.
+        states: The other states and their dtypes.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        split: str,
+        outputs: dict[str, tuple[str, float]],
+        states: dict[str, torch.dtype],
+    ) -> None:
+        super().__init__(device, {**states, "seen": torch.int64})
+        self.split, self.outputs = split, outputs
+
+    def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        seen = totals["seen"].item()
+        if seen == 0:
+            raise ValueError(f"the {self.split} loader yielded no batches")
+        return {
+            key: scale * totals[state].item() / seen for key, (state, scale) in self.outputs.items()
+        }
+
+
+class TrainAccuracy(PerSampleMetric):
     """``train_loss`` (mean of the per-batch losses, weighted by batch size) and
     ``train_acc`` (percent, running over the epoch in train mode)."""
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(
-            device, {"loss_sum": torch.float64, "correct": torch.int64, "seen": torch.int64}
+            device,
+            "training",
+            {"train_loss": ("loss_sum", 1.0), "train_acc": ("correct", 100.0)},
+            {"loss_sum": torch.float64, "correct": torch.int64},
         )
 
     def update(self, batch: Any, output: Any) -> None:
@@ -41,17 +79,8 @@ class TrainAccuracy(SumMetric):
             seen=y.shape[0],
         )
 
-    def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
-        total = totals["seen"].item()
-        if total == 0:
-            raise ValueError("the training loader yielded no batches")
-        return {
-            "train_loss": totals["loss_sum"].item() / total,
-            "train_acc": 100.0 * totals["correct"].item() / total,
-        }
 
-
-class AccuracyMetric(SumMetric):
+class AccuracyMetric(PerSampleMetric):
     """``test_loss`` (mean cross-entropy), ``test_acc`` and ``test_acc5`` (top-1/top-5, %).
 
     Args:
@@ -63,12 +92,13 @@ class AccuracyMetric(SumMetric):
     def __init__(self, device: torch.device, classes: int | None = None) -> None:
         super().__init__(
             device,
+            "evaluation",
             {
-                "loss_sum": torch.float64,
-                "top1": torch.int64,
-                "top5": torch.int64,
-                "seen": torch.int64,
+                "test_loss": ("loss_sum", 1.0),
+                "test_acc": ("top1", 100.0),
+                "test_acc5": ("top5", 100.0),
             },
+            {"loss_sum": torch.float64, "top1": torch.int64, "top5": torch.int64},
         )
         self.classes = classes
 
@@ -83,16 +113,6 @@ class AccuracyMetric(SumMetric):
             top5=hits.any(dim=1).sum(),
             seen=y.shape[0],
         )
-
-    def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
-        seen = totals["seen"].item()
-        if seen == 0:
-            raise ValueError("the evaluation loader yielded no batches")
-        return {
-            "test_loss": totals["loss_sum"].item() / seen,
-            "test_acc": 100.0 * totals["top1"].item() / seen,
-            "test_acc5": 100.0 * totals["top5"].item() / seen,
-        }
 
 
 @register_task("classification")
