@@ -4,6 +4,7 @@ BatchNorm2d (unfused) measured in the same run."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from normlab.bench.measure import interleaved_times
 from normlab.models import create_model
-from normlab.norms import NormBase, fuse_for_inference, list_norms
+from normlab.norms import NormBase, SwitchNorm, fuse_for_inference, list_norms
 
 __all__ = ["BASELINE", "HARDENED", "InferenceResult", "bench_inference"]
 
@@ -47,7 +48,7 @@ def _network(model: str, norm: str, num_classes: int) -> nn.Module:
     net = create_model(model, num_classes=num_classes, norm="sn" if norm == HARDENED else norm)
     if norm == HARDENED:
         for layer in net.modules():
-            if isinstance(layer, NormBase):
+            if isinstance(layer, SwitchNorm):
                 layer.start_from_bn()
     return net.eval()
 
@@ -79,7 +80,7 @@ def bench_inference(
         net = _network(model, name, num_classes).to(dev)
         variants = {False: net} if name == BASELINE else {False: net, True: fuse_for_inference(net)}
         for fused, variant in variants.items():
-            calls[(name, fused)] = lambda variant=variant: variant(x)
+            calls[(name, fused)] = functools.partial(variant, x)
             counts[(name, fused)] = (
                 _norm_layers(net) - _norm_layers(variant) if fused else 0,
                 _norm_layers(net),

@@ -10,6 +10,7 @@ paired fwd+bwd ratios.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -83,7 +84,9 @@ def _candidates(
         layers[(name, "reference")] = create_norm(name, channels, backend="reference")
         if compile_layers:
             _allow_recompiles()
-            layers[(name, "compiled")] = torch.compile(create_norm(name, channels), fullgraph=True)
+            compiled = torch.compile(create_norm(name, channels), fullgraph=True)
+            assert isinstance(compiled, torch.nn.Module)  # torch.compile of a module
+            layers[(name, "compiled")] = compiled
     return {key: layer.to(device).train() for key, layer in layers.items()}
 
 
@@ -138,21 +141,22 @@ def _bench_shape(
     grad = torch.randn(shape, device=dev)
     layers = _candidates(shape[1], names, compile_layers, dev)
 
-    def forward(layer):
-        return layer(x)
+    def forward(layer: torch.nn.Module) -> torch.Tensor:
+        y: torch.Tensor = layer(x)
+        return y
 
-    def step(layer):
+    def step(layer: torch.nn.Module) -> None:
         layer(x).backward(grad)
         x.grad = None
 
     forward_times = interleaved_times(
-        {k: (lambda m=m: forward(m)) for k, m in layers.items()}, repeats, warmup, dev
+        {k: functools.partial(forward, m) for k, m in layers.items()}, repeats, warmup, dev
     )
     step_times = interleaved_times(
-        {k: (lambda m=m: step(m)) for k, m in layers.items()}, repeats, warmup, dev
+        {k: functools.partial(step, m) for k, m in layers.items()}, repeats, warmup, dev
     )
-    saved = {k: saved_bytes(lambda m=m: forward(m)) for k, m in layers.items()}
-    peaks = {k: peak_bytes(lambda m=m: step(m), dev) for k, m in layers.items()}
+    saved = {k: saved_bytes(functools.partial(forward, m)) for k, m in layers.items()}
+    peaks = {k: peak_bytes(functools.partial(step, m), dev) for k, m in layers.items()}
     base = next(iter(layers))
     results = []
     for key in layers:

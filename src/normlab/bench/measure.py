@@ -13,7 +13,8 @@ import ctypes
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -47,6 +48,8 @@ class Timing:
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+
+K = TypeVar("K", bound=Hashable)  # what names the timed calls
 
 
 def keep_freed_memory() -> bool:
@@ -105,10 +108,10 @@ def _synchronize(device: torch.device) -> None:
 
 
 def interleaved_times(
-    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
-) -> dict[str, Timing]:
+    calls: Mapping[K, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+) -> dict[K, Timing]:
     """Time every call ``repeats`` times in interleaved rounds after ``warmup`` rounds."""
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    seconds: dict[K, list[float]] = {name: [] for name in calls}
     for round_index in range(warmup + repeats):
         for name, call in calls.items():
             _synchronize(device)

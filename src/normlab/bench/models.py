@@ -3,7 +3,7 @@ network built with torch's own BatchNorm2d."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -51,7 +51,7 @@ def bench_models(
     names = [BASELINE, *(norms or list_norms())]
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev)
     y = torch.randint(0, num_classes, (batch_size,), device=dev)
-    steps = {}
+    steps: dict[str, Callable[[], object]] = {}
     for name in names:
         norm = torch.nn.BatchNorm2d if name == BASELINE else name
         net = create_model(model, num_classes=num_classes, norm=norm).to(dev).train()

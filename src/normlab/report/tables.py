@@ -51,7 +51,7 @@ def markdown_table(
         }
         if not means:
             return None
-        return (max if best == "max" else min)(means, key=means.get)
+        return (max if best == "max" else min)(means, key=means.__getitem__)
 
     groups = (
         [[(r, c) for r in rows] for c in columns]
