@@ -32,7 +32,9 @@ def get_rng_state() -> dict[str, Any]:
 
     numpy's state is stored as a tensor so that checkpoints load with ``weights_only=True``.
     """
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    legacy_state = np.random.get_state()  # noqa: NPY002
+    assert isinstance(legacy_state, tuple)  # legacy=True, the default, gives the tuple
+    kind, keys, pos, has_gauss, cached = legacy_state
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
