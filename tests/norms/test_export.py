@@ -326,6 +326,11 @@ def test_onnx_export_runs_in_onnxruntime_like_eager(mode, exporter):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         outputs = ort_outputs(net, x, exporter == "dynamo", MODES[mode])
+    if MODES[mode] and exporter == "torchscript":
+        # its trace runs one training forward, which moves the running statistics before
+        # they become the graph's constants (BRN's training output reads them)
+        with torch.no_grad():
+            expected = copy.deepcopy(net)(x)
     assert len(outputs) == 1
     torch.testing.assert_close(torch.from_numpy(outputs[0]), expected, rtol=1e-5, atol=1e-5)
 

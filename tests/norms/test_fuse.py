@@ -49,8 +49,15 @@ def assert_relative(actual, expected, tol=1e-5):
 
 
 def expect_folded(name):
-    """Whether the layers of ``name``, as perturbed above, are per-channel affine in eval."""
-    return name in ("bn", "bin", "iebn")  # BIN at rho = 1, IEBN with gate_weight = 0
+    """Whether the layers of ``name``, as perturbed above, are per-channel affine in eval
+    (BN and BRN; BIN at rho = 1, IEBN with gate_weight = 0): ``y(x) = A * x + B`` with
+    ``B = y(0)`` and ``A = y(1) - y(0)`` holds on a random input."""
+    layer = perturb(nn.Sequential(normlab.create_norm(name, 4))).double()
+    x = torch.randn(3, 4, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        shift = layer(torch.zeros_like(x))
+        scale = layer(torch.ones_like(x)) - shift
+        return bool(torch.allclose(layer(x), scale * x + shift, rtol=1e-9, atol=1e-9))
 
 
 @pytest.mark.parametrize("name", NORMS)
