@@ -1,5 +1,20 @@
+"""Suite-wide settings: CUDA-only tests skipped without a device, a fixed seed per test, one
+intra-op thread per test process, and tests that share a module's expensive fixture kept on
+one pytest-xdist worker.
+
+The suite runs one pytest-xdist worker per core (``addopts`` in ``pyproject.toml``), so a
+second intra-op thread per process only oversubscribes the cores; most tests also run many
+tiny ops, where the thread pool's hand-offs cost more than the work. Child processes (the
+command-line and multi-process tests) inherit ``OMP_NUM_THREADS=1``.
+"""
+
+import os
+
 import pytest
 import torch
+
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -9,6 +24,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_itemcollected(item):
+    """Put the tests that use a module- or wider-scoped fixture defined in their own module
+    (spawned process groups, a trained run, the Triton interpreter) in one pytest-xdist group
+    per module, so the fixture is built once rather than once per worker. Runs during
+    collection, before pytest-xdist reads the groups (``--dist loadgroup``)."""
+    module = getattr(item, "module", None)
+    if module is None:
+        return
+    for definitions in item._fixtureinfo.name2fixturedefs.values():
+        fixture = definitions[-1]
+        if fixture.scope != "function" and fixture.func.__module__ == module.__name__:
+            item.add_marker(pytest.mark.xdist_group(module.__name__))
+            return
 
 
 @pytest.fixture(autouse=True)

@@ -22,10 +22,7 @@ from .layers import C, keeps_running_stats, make_layer, track_options
 
 SHAPE = (3, C, 2, 3)
 COPIES = 3
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 
 
 def params_of(layer):

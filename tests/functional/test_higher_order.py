@@ -17,7 +17,6 @@ from normlab.norms import resolve_norm
 from .layers import C, keeps_running_stats, make_layer
 
 SHAPES = {1: (3, C, 3), 2: (2, C, 2, 3), 3: (2, C, 2, 1, 2)}
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def available_dims(name):
