@@ -1,37 +1,83 @@
-"""The ``normlab`` command (also ``python -m normlab``).
+"""The ``normlab`` command (also ``python -m normlab``): one parser tree for every command.
 
-Subcommands::
+Commands::
 
     normlab train -c CONFIG [--set key=value ...] [--quiet] [--print-config]
     normlab train --resume RUN_DIR|CHECKPOINT [--set key=value ...]
     torchrun --nproc-per-node K -m normlab train ...   (K processes, one per device)
     normlab eval RUN_DIR [--checkpoint last.pt|best.pt|prev.pt|PATH] [--recompute-stats N]
     normlab list norms|models|datasets|configs
+    normlab experiment list | run NAME | report NAME
     normlab demo [--quick] [--out DIR] [--seeds N] [--device cpu|cuda] ...
-    normlab bench layers|models [...]
+    normlab style [--norms ...] [--steps N] [--vgg-weights PATH] ...
+    normlab bench layers|models|inference [...]
 
 ``CONFIG`` is a YAML file or the name of a shipped recipe (``normlab list configs``);
-``--set`` overrides are applied after the file, in order, as in timm. Errors a user can
-cause (unknown key, missing data, corrupt checkpoint, NaN loss) print one clear message
-and exit with status 2 (bad config or usage) or 1 (the run failed).
+``--set`` overrides are applied after the file, in order, as in timm, and validated with
+the file (:mod:`normlab.train.config`).
+
+Every command and its options are declared in the one tree :func:`build_parser` builds:
+the commands that live in other modules (``demo``, ``style``, ``bench``) contribute their
+options with ``add_arguments(parser)`` and run with ``run(args)``, so ``normlab --help``
+lists every command's options and ``normlab <command> --help`` shows its own, with
+examples. The tree is plain :mod:`argparse`: a CLI library such as jsonargparse (which can
+derive options from the typed config) would add a dependency for what ``--set`` with the
+validated config already gives, so normlab does without one.
+
+Errors a user can cause end in one line on stderr, ``normlab <command>: error: <message>``,
+and an exit status from one table (:data:`EXIT_STATUS`): 2 for a bad config or command line
+(:class:`~normlab.errors.ConfigError`, :class:`~normlab.errors.UsageError`; argparse's own
+usage errors too), 1 for any other :class:`~normlab.errors.NormlabError` and for an
+operating-system error (a read-only folder, a full disk), 130 for Ctrl-C.
+``normlab --debug <command> ...`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
-from collections.abc import Sequence
-from functools import partial
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["main"]
+from normlab.bench import cli as bench_cli
+from normlab.data.registry import dataset_info, list_datasets
+from normlab.errors import ConfigError, NormlabError, UsageError
+from normlab.experiments import demo, get_experiment, list_experiments, run_experiment
+from normlab.experiments import style_transfer as style
+from normlab.models.registry import list_models, model_info
+from normlab.norms.registry import list_norms, norm_aliases
+from normlab.report.experiment import experiment_report
+from normlab.train import (
+    config_to_yaml,
+    evaluate_run,
+    find_config,
+    list_configs,
+    load_config,
+    resume,
+    train,
+)
+from normlab.train.parallel import leave_process_group
+
+__all__ = ["EXIT_STATUS", "build_parser", "main"]
+
+EXIT_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, 2),  # a bad config or command line (UsageError is a ConfigError)
+    (NormlabError, 1),  # the run failed: data, checkpoint, run folder, NaN loss
+    (OSError, 1),  # a read-only folder, a full disk, a missing file
+    (KeyboardInterrupt, 130),
+)
+"""The exit status of each error class, first match wins; anything else is a bug and shows
+its traceback."""
 
 _LISTS = ("norms", "models", "datasets", "configs")
+DEFAULT_SEEDS = {"tiny": 3, "full": 1}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from normlab.train.parallel import leave_process_group
-
     try:
         summary = _run_training(args)
     finally:
@@ -45,25 +91,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_training(args: argparse.Namespace) -> dict | None:
+def _run_training(args: argparse.Namespace) -> dict[str, Any] | None:
     """Train or resume as the arguments say; ``None`` when only the config was printed."""
-    from normlab.train import config_to_yaml, find_config, load_config, resume, train
-
     if args.resume is not None:
         if args.config is not None:
-            raise _UsageError("--resume continues a run with its own config.yaml; drop -c")
-        return resume(args.resume, overrides=args.overrides, progress=not args.quiet)
+            raise UsageError("--resume continues a run with its own config.yaml; drop -c")
+        result: dict[str, Any] = resume(
+            args.resume, overrides=args.overrides, progress=not args.quiet
+        )
+        return result
     if args.config is None:
-        raise _UsageError("give a config: normlab train -c CONFIG (see `normlab list configs`)")
+        raise UsageError("give a config: normlab train -c CONFIG (see `normlab list configs`)")
     config = load_config(args.config, args.overrides)
     if args.print_config:
         print(config_to_yaml(config), end="")
         return None
     name = find_config(args.config).stem
-    return train(config, default_name=name, progress=not args.quiet)
+    result = train(config, default_name=name, progress=not args.quiet)
+    return result
 
 
-def _metrics_line(label: str, metrics: dict[str, float]) -> str:
+def _metrics_line(label: str, metrics: dict[str, Any]) -> str:
     return (
         f"{label}: test acc {metrics['test_acc']:.2f}  top-5 {metrics['test_acc5']:.2f}  "
         f"loss {metrics['test_loss']:.4f}"
@@ -71,8 +119,6 @@ def _metrics_line(label: str, metrics: dict[str, float]) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from normlab.train import evaluate_run
-
     result = evaluate_run(
         args.run_dir,
         checkpoint=args.checkpoint,
@@ -93,12 +139,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _rows(kind: str) -> list[tuple[str, str]]:
     if kind == "norms":
-        import normlab
-
-        return [(name, "") for name in normlab.list_norms()]
+        aliases = norm_aliases()
+        return [
+            (name, ", ".join(sorted(a for a, c in aliases.items() if c == name and a != name)))
+            for name in list_norms()
+        ]
     if kind == "models":
-        from normlab.models import list_models, model_info
-
         rows = []
         for name in list_models():
             info = model_info(name)
@@ -106,11 +152,7 @@ def _rows(kind: str) -> list[tuple[str, str]]:
             rows.append((name, f"{info['family']:<9} {size:<10} {info['summary']}"))
         return rows
     if kind == "datasets":
-        from normlab.data import dataset_info, list_datasets
-
         return [(name, dataset_info(name).description) for name in list_datasets()]
-    from normlab.train import list_configs, load_config
-
     rows = []
     for name in list_configs():
         description = load_config(name).description
@@ -126,12 +168,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_SEEDS = {"tiny": 3, "full": 1}
-
-
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from normlab.experiments import get_experiment, list_experiments
-
     if args.action == "list":
         names = list_experiments()
         width = max(map(len, names))
@@ -139,13 +176,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             experiment = get_experiment(name)
             print(f"{name:<{width}}  {experiment.source}: {experiment.title}")
         return 0
-    from normlab.experiments import run_experiment
-    from normlab.report.experiment import experiment_report
-
     try:
         experiment = get_experiment(args.name)
     except KeyError as exc:
-        raise _UsageError(exc.args[0]) from exc
+        raise UsageError(exc.args[0]) from exc
     seeds = range(args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.scale])
     if args.action == "run":
         counts = run_experiment(experiment, scale=args.scale, seeds=seeds, out=args.out,
@@ -156,35 +190,75 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(argv: list[str]) -> int:
-    from normlab.experiments.demo import main as demo_main
+_FORMATTER = argparse.RawDescriptionHelpFormatter
 
-    return int(demo_main(argv) or 0)
+_TOP_EPILOG = """\
+Run `normlab COMMAND --help` for a command's options and examples. Exit status: 0 done,
+1 the run failed (data, checkpoint, run folder, NaN loss, disk), 2 a bad config or
+command line, 130 interrupted. `normlab --debug COMMAND ...` shows a traceback instead
+of the one-line error.
+
+every command and its options:
+"""
+
+_EPILOGS = {
+    "train": """\
+examples:
+  normlab train -c iebn_cifar_resnet164_tiny --set train.epochs=3
+  normlab train -c my.yaml --set optim.lr=0.05 model.norm=iebn --print-config
+  normlab train --resume runs/iebn_cifar_resnet164_tiny-20250101-120000 --set train.epochs=6
+  torchrun --nproc-per-node 2 -m normlab train -c sn_imagenet_resnet50_step
+""",
+    "eval": """\
+examples:
+  normlab eval runs/my-run
+  normlab eval runs/my-run --checkpoint best.pt --recompute-stats 50 --json
+""",
+    "list": """\
+examples:
+  normlab list norms
+  normlab list configs
+""",
+    "experiment": """\
+examples:
+  normlab experiment list
+  normlab experiment run bin_table1_cifar --seeds 1 --set train.epochs=1
+  normlab experiment report iebn_table2_constant_noise --scale full --out experiments
+""",
+    "demo": """\
+examples:
+  normlab demo --quick
+  normlab demo --norms bn sn iebn --seeds 3 --out demo-report
+""",
+    "style": """\
+examples:
+  normlab style --steps 200 --norms in bn iebn
+  normlab style --vgg-weights vgg16-397923af.pth --out style-report
+""",
+    "bench": """\
+examples:
+  normlab bench layers --norms bn iebn --repeats 5
+  normlab bench models --model resnet20 --batch-size 32
+  normlab bench inference --model resnet50 --device cuda
+""",
+}
 
 
-def _cmd_style(argv: list[str]) -> int:
-    from normlab.experiments.style_transfer import main as style_main
-
-    return int(style_main(argv) or 0)
-
-
-def _cmd_bench(argv: list[str]) -> int:
-    from normlab.bench.cli import main as bench_main
-
-    return int(bench_main(argv) or 0)
-
-
-class _UsageError(Exception):
-    """A command line that cannot be run as given."""
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="normlab",
-        description="Adaptive normalization: train, evaluate, experiments, list, demo."
+def _command(
+    sub: Any, name: str, help_text: str, handler: Callable[[argparse.Namespace], int],
+    *, description: str | None = None, parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    """Add command ``name`` with its help, examples and handler to the tree."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, parents=list(parents), help=help_text,
+        description=textwrap.fill(description or help_text, 88),
+        epilog=_EPILOGS[name], formatter_class=_FORMATTER,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.set_defaults(handler=handler)
+    return parser
 
+
+def _overrides_parent() -> argparse.ArgumentParser:
     overrides = argparse.ArgumentParser(add_help=False)
     overrides.add_argument(
         "--set",
@@ -195,16 +269,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="config overrides with dotted keys, e.g. optim.lr=0.05 model.norm=iebn",
     )
+    return overrides
 
-    train = sub.add_parser("train", parents=[overrides], help="train a model from a config")
-    train.add_argument("-c", "--config", help="YAML file or shipped config name")
-    train.add_argument("--resume", metavar="RUN", help="continue a run folder or checkpoint")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar (for CI)")
-    train.add_argument(
+
+def _add_training_commands(sub: Any, overrides: argparse.ArgumentParser) -> None:
+    """``train``, ``eval``, ``list`` and ``experiment``."""
+    tr = _command(sub, "train", "train a model from a config", _cmd_train, parents=[overrides])
+    tr.add_argument("-c", "--config", help="YAML file or shipped config name")
+    tr.add_argument("--resume", metavar="RUN", help="continue a run folder or checkpoint")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar (for CI)")
+    tr.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
 
-    ev = sub.add_parser("eval", parents=[overrides], help="evaluate a run's checkpoint")
+    ev = _command(sub, "eval", "evaluate a run's checkpoint", _cmd_eval, parents=[overrides])
     ev.add_argument("run_dir", help="run folder")
     ev.add_argument("--checkpoint", default="last.pt", help="last.pt, best.pt, prev.pt or a path")
     ev.add_argument(
@@ -215,10 +293,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    ls = sub.add_parser("list", help="list norms, models, datasets or configs")
+    ls = _command(sub, "list", "list norms, models, datasets or configs", _cmd_list)
     ls.add_argument("what", choices=_LISTS)
 
-    ex = sub.add_parser("experiment", help="the papers' tables: list, run (a sweep), report")
+    ex = _command(sub, "experiment", "the papers' tables: list, run (a sweep), report",
+                  _cmd_experiment)
     actions = ex.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="list the named experiments")
     sweep = argparse.ArgumentParser(add_help=False)
@@ -234,34 +313,60 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     actions.add_parser("report", parents=[sweep], help="write the report from the runs so far")
 
-    sub.add_parser("demo", help="what the adaptive norms do, in minutes (its own options)")
-    sub.add_parser("bench", help="layer and model benchmarks (its own options)")
-    sub.add_parser("style", help="fast style transfer with every norm (its own options)")
+
+def _leaf_usages(parser: argparse.ArgumentParser) -> list[str]:
+    """The usage line of every command under ``parser``, nested ones included."""
+    found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not found:
+        usage = " ".join(parser.format_usage().removeprefix("usage: ").split())
+        return [textwrap.fill(usage, 88, initial_indent="  ", subsequent_indent="      ")]
+    return [line for child in found[0].choices.values() for line in _leaf_usages(child)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``normlab`` parser: every command and option (``normlab --help`` lists them)."""
+    parser = argparse.ArgumentParser(
+        prog="normlab",
+        description="Adaptive normalization: train, evaluate, list, experiments, demo, "
+        "style transfer, benchmarks.",
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_training_commands(sub, _overrides_parent())
+    demo.add_arguments(_command(sub, "demo", "what the adaptive norms do, in minutes",
+                                demo.run, description=demo.DESCRIPTION))
+    style.add_arguments(_command(sub, "style", "fast style transfer with every norm",
+                                 style.run, description=style.DESCRIPTION))
+    bench_cli.add_arguments(_command(sub, "bench", "layer, model and inference benchmarks",
+                                     bench_cli.run, description=bench_cli.DESCRIPTION))
+    parser.epilog = _TOP_EPILOG + "\n".join(_leaf_usages(parser))
     return parser
+
+
+def _message(exc: BaseException) -> str:
+    """One line saying what went wrong (an OS error names the file and the reason)."""
+    if isinstance(exc, OSError) and not isinstance(exc, NormlabError) and exc.strerror:
+        verb = "cannot write " if exc.errno in _WRITE_ERRNOS else ""
+        where = f"{verb}{exc.filename}: " if exc.filename is not None else verb
+        text = f"{where}{exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``normlab`` command line; returns the exit status."""
-    from normlab.data import DatasetError
-    from normlab.train import CheckpointError, ConfigError, NonFiniteLossError, RunDirError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = {"demo": _cmd_demo, "bench": _cmd_bench, "style": _cmd_style}
-    if argv and argv[0] in passthrough:
-        command, run = argv[0], partial(passthrough[argv[0]], argv[1:])
-    else:
-        args = _parser().parse_args(argv)
-        commands = {"train": _cmd_train, "eval": _cmd_eval, "list": _cmd_list,
-                    "experiment": _cmd_experiment}
-        command, run = args.command, partial(commands[args.command], args)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
-        return run()
-    except (ConfigError, _UsageError) as exc:
-        print(f"normlab {command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (CheckpointError, RunDirError, NonFiniteLossError, DatasetError, ValueError) as exc:
-        print(f"normlab {command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"normlab {command}: interrupted", file=sys.stderr)
-        return 130
+        return int(args.handler(args))
+    except tuple(cls for cls, _ in EXIT_STATUS) as exc:
+        if args.debug:
+            raise
+        status = next(code for cls, code in EXIT_STATUS if isinstance(exc, cls))
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"normlab {args.command}: interrupted", file=sys.stderr)
+        else:
+            print(f"normlab {args.command}: error: {_message(exc)}", file=sys.stderr)
+        return status

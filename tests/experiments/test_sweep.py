@@ -16,7 +16,7 @@ from normlab.train import ConfigError, load_checkpoint, train
 from ..train.tiny import tiny_builders
 
 RECIPE = {
-    "model": {"name": "tiny", "norm": "bn"},
+    "model": {"name": "resnet20", "norm": "bn"},  # built by tiny_builders
     "data": {"batch_size": 16},
     "optim": {"lr": 0.1, "weight_decay": 5e-4},
     "schedule": {"name": "multistep", "milestones": [1], "gamma": 0.5},

@@ -15,7 +15,7 @@ __all__ = ["one_thread"]
 def tiny_config(tmp_path):
     def make(**sections):
         raw = {
-            "model": {"name": "tiny", "norm": "bin"},
+            "model": {"name": "resnet20", "norm": "bin"},  # built by tiny_builders
             "data": {"batch_size": 16},
             "optim": {"lr": 0.1, "weight_decay": 5e-4},
             "schedule": {"name": "multistep", "milestones": [1], "gamma": 0.5},

@@ -101,7 +101,7 @@ def test_mix_section_is_optional_and_switchable():
     assert cfg.data.train_batch == 128 + 3 * 120
     off = load_config("iebn_cifar100_mix_mnist", ["data.mix=null"])
     assert off.data.mix is None and off.data.train_batch == 100
-    free = apply_overrides({}, ["data.mix.kwargs.noise=0.3"])
+    free = apply_overrides({}, ["data.mix.dataset=synthetic", "data.mix.kwargs.noise=0.3"])
     assert config_from_dict(free).data.mix.kwargs == {"noise": 0.3}
 
 

@@ -56,7 +56,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("parallel")
     configs = {
         norm: config_from_dict({
-            "model": {"name": "tiny", "norm": norm},
+            "model": {"name": "resnet20", "norm": norm},  # built by tiny_builders
             "data": {"batch_size": 16},
             "optim": {"lr": 0.1, "weight_decay": 5e-4},
             "schedule": {"name": "multistep", "milestones": [1], "gamma": 0.5},

@@ -44,11 +44,20 @@ from normlab.norms import (
 from normlab.tasks.classification import ClassificationTask
 from normlab.train.engine import Trainer
 from normlab.train.factory import Loaders
-from normlab.train.records import pin_settings, write_json
+from normlab.train.records import pin_settings, write_json, write_text_atomic
 from normlab.train.schedule import LRSchedule
 from normlab.train.seed import seed_everything
 
-__all__ = ["SETTINGS", "DemoSettings", "build_report", "main", "run_demo"]
+__all__ = [
+    "DESCRIPTION",
+    "SETTINGS",
+    "DemoSettings",
+    "add_arguments",
+    "build_report",
+    "main",
+    "run",
+    "run_demo",
+]
 
 SETTINGS = ("clean", "small_batch", "noise", "unseen_styles")
 TRAINED_SETTINGS = ("clean", "small_batch", "noise")
@@ -258,9 +267,7 @@ def build_report(out: str | Path, settings: DemoSettings) -> Path:
     figures += learned_figures(seed0, out)
     text = _report_text(settings, table, norms, cells, figures, markdown_table)
     report = out / "report.md"
-    tmp = report.with_name("report.md.tmp")
-    tmp.write_text(text)
-    tmp.replace(report)
+    write_text_atomic(text, report)
     return report
 
 
@@ -316,13 +323,14 @@ def _report_text(
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="normlab demo",
-        description="Train a small ResNet on built-in digits with every normalizer in four "
-        "settings and write a report (no download; about 10 minutes on 2 CPU cores, "
-        "--quick about 2).",
-    )
+DESCRIPTION = (
+    "Train a small ResNet on built-in digits with every normalizer in four settings and "
+    "write a report (no download; about 10 minutes on 2 CPU cores, --quick about 2)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``normlab demo``'s options to ``parser`` (a command of the ``normlab`` tree)."""
     parser.add_argument("--quick", action="store_true", help="1 seed, 12 epochs (~2 minutes)")
     parser.add_argument("--out", default="normlab-demo", help="report folder (%(default)s)")
     parser.add_argument("--seeds", type=int, help="seeds per cell (default 2; --quick 1)")
@@ -330,11 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--norms", nargs="+", choices=list_norms(), help="norms to compare")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser of the demo's options alone (``normlab demo`` is the command line)."""
+    parser = argparse.ArgumentParser(prog="normlab demo", description=DESCRIPTION)
+    add_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Parse the demo's options alone and run it (for scripts; prefer ``normlab demo``)."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo as ``args`` (from :func:`add_arguments`) say; returns the exit status."""
     overrides: dict[str, Any] = {"device": args.device}
     for key in ("seeds", "epochs"):
         if getattr(args, key) is not None:

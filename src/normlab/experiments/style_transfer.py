@@ -44,7 +44,16 @@ from normlab.tasks.style_transfer import PerceptualLoss, loss_network, train_sty
 from normlab.train.records import pin_settings, write_json, write_text_atomic
 from normlab.train.run_folder import atomic_save
 
-__all__ = ["NORMS", "StyleSettings", "main", "run_style_transfer", "style_report"]
+__all__ = [
+    "DESCRIPTION",
+    "NORMS",
+    "StyleSettings",
+    "add_arguments",
+    "main",
+    "run",
+    "run_style_transfer",
+    "style_report",
+]
 
 NORMS = ("in", "bn", "se", "iebn", "sn", "bin")
 """Norms compared; ``se`` is BN with an SE module in every residual block (IEBN's baseline)."""
@@ -202,15 +211,24 @@ def style_report(out: str | Path, settings: StyleSettings) -> Path:
     return path
 
 
-def _parser() -> argparse.ArgumentParser:
+DESCRIPTION = (__doc__ or "").splitlines()[0].split(": ", 1)[1]
+
+
+def _crop_size(text: str) -> int:
+    """``--size``: an integer multiple of 4 (the network downsamples twice by 2)."""
+    size = int(text)
+    if size % 4:
+        raise argparse.ArgumentTypeError(f"--size must be a multiple of 4, got {size}")
+    return size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``normlab style``'s options to ``parser`` (a command of the ``normlab`` tree)."""
     defaults = StyleSettings()
-    parser = argparse.ArgumentParser(
-        prog="normlab style", description=__doc__.splitlines()[0].split(": ", 1)[1]
-    )
     parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
     parser.add_argument("--out", default="style", help="output folder (default: style)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--size", type=int, default=defaults.size,
+    parser.add_argument("--size", type=_crop_size, default=defaults.size,
                         help="crop size, a multiple of 4")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -222,14 +240,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--style-weight", type=float, default=defaults.style_weight)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``normlab style``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    if args.size % 4:
-        _parser().error(f"--size must be a multiple of 4, got {args.size}")
+    """Parse ``style``'s options alone and run it (for scripts; prefer ``normlab style``)."""
+    parser = argparse.ArgumentParser(prog="normlab style", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run style transfer as ``args`` (from :func:`add_arguments`) say; returns the exit
+    status."""
     settings = StyleSettings(
         size=args.size, batch_size=args.batch_size, steps=args.steps, lr=args.lr,
         style=args.style, content=tuple(args.content), vgg_weights=args.vgg_weights,

@@ -13,7 +13,14 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "create_model",
+    "list_models",
+    "model_info",
+    "model_constructor",
+    "register_model",
+]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -56,7 +63,9 @@ def register_model(
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is already registered")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        info = ModelInfo(key, family, tuple(input_size), num_classes, tuple(tables), summary)
+        channels, height, width = input_size
+        size = (channels, height, width)
+        info = ModelInfo(key, family, size, num_classes, tuple(tables), summary)
         _REGISTRY[key] = (fn, info)
         return fn
 
@@ -89,3 +98,9 @@ def list_models(family: str | None = None) -> list[str]:
 def model_info(name: str) -> dict[str, Any]:
     """Metadata of ``name`` as a plain dict (printable, JSON-serialisable)."""
     return asdict(_lookup(name)[1])
+
+
+def model_constructor(name: str) -> Callable[..., nn.Module]:
+    """The function ``create_model(name, ...)`` calls, e.g. to read the options its
+    signature accepts (:func:`normlab.train.validation.keyword_parameters`)."""
+    return _lookup(name)[0]

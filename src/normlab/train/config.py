@@ -17,24 +17,53 @@ unknown key raises :class:`~normlab.train.errors.ConfigError` naming the valid k
 Optional sections (``data.mix``) are ``null`` by default; setting any of their keys, in a
 file or with ``--set data.mix.k=2``, switches them on with defaults for the other keys, and
 ``--set data.mix=null`` switches them off again.
+
+Every value is validated when a section is constructed (``__post_init__``), so a YAML file,
+an override and a Python caller (``TrainConfig(amp="fp8")``) meet the same checks: its
+type; closed choices as ``typing.Literal`` (``train.amp``, ``schedule.name``,
+``optim.name``, ``data.mix.normalize``) and patterns (``train.device``); ranges as
+``typing.Annotated`` metadata (:mod:`normlab.train.validation`); names against their
+registries (``model.name``, ``model.norm`` with its aliases, ``data.name``); and the
+free-form mappings against what they configure (``model.kwargs`` against the model's
+constructor, ``model.kwargs.norm_kwargs`` against the norm's, ``data.kwargs`` against the
+data set's reader, ``optim.param_groups`` against :func:`normlab.param_groups`). A bad
+value raises :class:`~normlab.errors.ConfigError` naming the key and the valid choices.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 
+from normlab.data.registry import DatasetInfo, dataset_info, list_datasets
+from normlab.models.registry import list_models, model_constructor
+from normlab.norms.registry import canonical_norm, resolve_norm, validate_norm_kwargs
+from normlab.norms.training import param_groups
 from normlab.train.errors import ConfigError
 from normlab.train.records import write_text_atomic
+from normlab.train.validation import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    Pattern,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+    check_keywords,
+    check_value,
+    closest,
+    keyword_parameters,
+    unknown_name,
+)
 
 __all__ = [
     "Config",
@@ -45,6 +74,11 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "AmpMode",
+    "Device",
+    "OptimName",
+    "ScheduleName",
+    "SecondaryNormalization",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
@@ -56,17 +90,103 @@ __all__ = [
 ]
 
 
+AmpMode = Literal["none", "bf16"]
+"""``train.amp``: no autocast, or bfloat16 autocast (CUDA)."""
+ScheduleName = Literal["multistep", "cosine", "constant"]
+"""``schedule.name``: the learning-rate schedules of :class:`~normlab.train.LRSchedule`."""
+OptimName = Literal["sgd"]
+"""``optim.name``: the optimizers the trainer builds."""
+SecondaryNormalization = Literal["primary", "own"]
+"""``data.mix.normalize``: whose mean/std normalize the secondary images."""
+Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")]
+"""``train.device``."""
+
+_SET_BY_MODEL_CONFIG = ("norm", "num_classes", "in_chans")
+"""``create_model`` arguments that :class:`ModelConfig` sets from its own keys."""
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    """Each field's annotation with its ``Annotated`` metadata (ranges, patterns)."""
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _HINTS[cls]
+
+
+class _Section:
+    """What every config section does on construction: each field is converted and checked
+    against its annotation (:func:`~normlab.train.validation.check_value`), nested sections
+    must be sections, then :meth:`_check` checks across fields and against registries."""
+
+    KEY: ClassVar[str] = ""
+    """The section's dotted key (``data.mix``), for messages."""
+
+    def __post_init__(self) -> None:
+        for name, hint in _field_hints(type(self)).items():
+            key = f"{self.KEY}.{name}" if self.KEY else name
+            value = getattr(self, name)
+            section = _section(hint)
+            if section is None:
+                setattr(self, name, check_value(value, hint, key))
+            elif not isinstance(value, section) and not (value is None and section is not hint):
+                raise ConfigError(
+                    f"config section {key!r} must be a {section.__name__}, got {value!r}"
+                )
+        self._check()
+
+    def _check(self) -> None:
+        """Checks across fields and against registries; none by default."""
+
+
+def _check_norm(key: str, name: str) -> None:
+    """``name`` is a registered norm or alias (the message names the nearest)."""
+    try:
+        canonical_norm(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _unknown_option(key: str, owner: str, valid: list[str]) -> ConfigError:
+    option = key.rpartition(".")[2]
+    return ConfigError(
+        f"{key}: {owner} takes no option {option!r}.{closest(option, valid)} "
+        f"Valid options: {', '.join(valid) or 'none'}."
+    )
+
+
+def _dataset(key: str, name: str) -> DatasetInfo:
+    """The registry entry of the data set ``name`` given under ``key``."""
+    try:
+        return dataset_info(name)
+    except ValueError:
+        valid = list_datasets()
+        raise unknown_name(key, name, "data set", valid, "normlab list datasets") from None
+
+
+def _check_reader_options(key: str, options: dict[str, Any], info: DatasetInfo) -> None:
+    """Every key of ``options`` is an option of the data set's reader, of its type."""
+    for option in options:
+        if option not in info.options:
+            raise _unknown_option(f"{key}.{option}", f"data set {info.name!r}", list(info.options))
+    check_keywords(key, options, keyword_parameters(info.reader) or {})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """Which network to build (``normlab.create_model``).
 
     Attributes:
         name: Registered model name, e.g. ``resnet164`` (``normlab list models``).
-        norm: Normalization layer name, e.g. ``bn``, ``iebn``, ``sn``, ``bin``.
+        norm: Normalization layer name or alias, e.g. ``bn``, ``iebn``, ``sn``, ``bin``
+            (``normlab list norms``).
         num_classes: Output classes; ``None`` takes the data set's number of classes.
         in_chans: Input channels; ``None`` takes the data set's.
-        kwargs: Extra keyword arguments for ``create_model`` (e.g. ``drop_rate``,
-            ``se_reduction``, ``norm_kwargs``).
+        kwargs: Extra keyword arguments for ``create_model``, checked against the model's
+            constructor (e.g. ``se_reduction``, ``last_gamma``, ``norm_downsample``;
+            ``norm_kwargs``, checked against the norm's constructor).
         noise: ``[Na, Nb]``: the IEBN paper's constant-noise attack (Eqn. 11),
             ``x_hat -> Na * x_hat + Nb`` in every normlab norm, in training and at test
             (:func:`normlab.norms.set_noise`); ``None``: none.
@@ -76,28 +196,53 @@ class ModelConfig:
             :func:`normlab.norms.set_virtual_batch_size`); ``None``: the whole batch.
     """
 
+    KEY: ClassVar[str] = "model"
+
     name: str = "resnet20"
     norm: str = "bn"
-    num_classes: int | None = None
-    in_chans: int | None = None
+    num_classes: PositiveInt | None = None
+    in_chans: PositiveInt | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     noise: list[float] | None = None
-    virtual_batch_size: int | None = None
+    virtual_batch_size: PositiveInt | None = None
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         if self.noise is not None and len(self.noise) != 2:
             raise ConfigError(f"model.noise must be [Na, Nb] or null, got {self.noise!r}")
-        if self.virtual_batch_size is not None and self.virtual_batch_size < 1:
+        if self.name not in list_models():
+            raise unknown_name("model.name", self.name, "model", list_models(),
+                               "normlab list models")
+        _check_norm("model.norm", self.norm)
+        self._check_kwargs()
+
+    def _check_kwargs(self) -> None:
+        options = keyword_parameters(model_constructor(self.name))
+        for option in self.kwargs:
+            if option in _SET_BY_MODEL_CONFIG:
+                raise ConfigError(f"model.kwargs.{option}: set model.{option} instead")
+            if options is not None and option not in options:
+                valid = sorted(o for o in options if o not in _SET_BY_MODEL_CONFIG)
+                raise _unknown_option(f"model.kwargs.{option}", f"model {self.name!r}", valid)
+        check_keywords("model.kwargs", self.kwargs, options or {})
+        downsample = self.kwargs.get("norm_downsample")
+        if isinstance(downsample, str):
+            _check_norm("model.kwargs.norm_downsample", downsample)
+        norm_kwargs = self.kwargs.get("norm_kwargs", {})
+        if not isinstance(norm_kwargs, dict):
             raise ConfigError(
-                f"model.virtual_batch_size must be >= 1 or null, got {self.virtual_batch_size}"
+                f"model.kwargs.norm_kwargs must be a mapping of the norm's options, "
+                f"got {norm_kwargs!r}"
             )
-
-
-_NORMALIZE_SECONDARY = ("primary", "own")
+        try:
+            validate_norm_kwargs(self.norm, norm_kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"model.kwargs.norm_kwargs: {exc}") from None
+        norm_options = keyword_parameters(resolve_norm(self.norm)) or {}
+        check_keywords("model.kwargs.norm_kwargs", norm_kwargs, norm_options)
 
 
 @dataclass
-class MixConfig:
+class MixConfig(_Section):
     """Mix-datasets attack (IEBN paper, Table 3): foreign images in every training batch.
 
     With ``data.mix`` set, training batches come from :class:`normlab.data.MixedLoader`:
@@ -130,22 +275,18 @@ class MixConfig:
             takes them (MNIST at 32×32×3 next to CIFAR).
     """
 
+    KEY: ClassVar[str] = "data.mix"
+
     dataset: str = "mnist"
     root: str | None = None
-    k: int = 2
-    secondary_per_k: int = 120
-    normalize: str = "primary"
+    k: NonNegativeInt = 2
+    secondary_per_k: NonNegativeInt = 120
+    normalize: SecondaryNormalization = "primary"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.k < 0:
-            raise ConfigError(f"data.mix.k must be >= 0, got {self.k}")
-        if self.secondary_per_k < 0:
-            raise ConfigError(f"data.mix.secondary_per_k must be >= 0, got {self.secondary_per_k}")
-        if self.normalize not in _NORMALIZE_SECONDARY:
-            raise ConfigError(
-                f"data.mix.normalize must be 'primary' or 'own', got {self.normalize!r}"
-            )
+    def _check(self) -> None:
+        info = _dataset("data.mix.dataset", self.dataset)
+        _check_reader_options("data.mix.kwargs", self.kwargs, info)
 
     @property
     def secondary_batch(self) -> int:
@@ -154,7 +295,7 @@ class MixConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Which data to train and evaluate on (``normlab.data``).
 
     Attributes:
@@ -164,28 +305,38 @@ class DataConfig:
         test_split: Split evaluated every epoch.
         batch_size: Training batch size (the global batch the recipe states); with
             ``mix``, the primary images per batch, to which the secondary ones are added.
-        eval_batch_size: Evaluation batch size; ``None`` uses ``batch_size``.
+        eval_batch_size: Evaluation batch size (>= 1); ``None`` uses ``batch_size``.
         augment: Apply the loader's training augmentation (crop with padding, flip).
         drop_last: Drop the last incomplete training batch.
-        kwargs: Extra keyword arguments for ``create_dataset`` (both splits).
+        kwargs: Extra keyword arguments for ``create_dataset`` (both splits), checked
+            against the data set's reader options.
         mix: Mix a secondary data set into every training batch (:class:`MixConfig`);
             ``None`` (default) trains on this data set alone.
     """
+
+    KEY: ClassVar[str] = "data"
 
     name: str = "digits"
     root: str | None = None
     train_split: str = "train"
     test_split: str = "test"
-    batch_size: int = 128
-    eval_batch_size: int | None = None
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt | None = None
     augment: bool = True
     drop_last: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
     mix: MixConfig | None = None
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+    def _check(self) -> None:
+        info = _dataset("data.name", self.name)
+        _check_reader_options("data.kwargs", self.kwargs, info)
+        for key, split in (("data.train_split", self.train_split),
+                           ("data.test_split", self.test_split)):
+            if info.splits is not None and split not in info.splits:
+                raise ConfigError(
+                    f"{key}: data set {info.name!r} has no split {split!r}."
+                    f"{closest(split, info.splits)} Valid: {', '.join(info.splits)}."
+                )
         if self.mix is not None and not self.drop_last:
             raise ConfigError(
                 "data.mix always drops the last incomplete primary batch; "
@@ -198,8 +349,15 @@ class DataConfig:
         return self.batch_size + (self.mix.secondary_batch if self.mix else 0)
 
 
+_PARAM_GROUP_OPTIONS = tuple(
+    p.name for p in inspect.signature(param_groups).parameters.values()
+    if p.kind is p.KEYWORD_ONLY
+)
+"""The keys ``optim.param_groups`` may hold: :func:`normlab.param_groups`'s options."""
+
+
 @dataclass
-class OptimConfig:
+class OptimConfig(_Section):
     """SGD settings; weight decay and per-role learning rates go through ``param_groups``.
 
     Attributes:
@@ -215,18 +373,30 @@ class OptimConfig:
         param_groups: Extra options for ``normlab.param_groups`` (e.g. a BIN gate lr factor).
     """
 
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    KEY: ClassVar[str] = "optim"
+
+    name: OptimName = "sgd"
+    lr: PositiveFloat = 0.1
+    momentum: Fraction = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
-    lr_reference_batch: int | None = None
-    grad_clip: float | None = None
+    weight_decay: NonNegativeFloat = 1e-4
+    lr_reference_batch: PositiveInt | None = None
+    grad_clip: PositiveFloat | None = None
     param_groups: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("optim.nesterov needs optim.momentum > 0, got 0")
+        for option in self.param_groups:
+            if option not in _PARAM_GROUP_OPTIONS:
+                raise _unknown_option(
+                    f"optim.param_groups.{option}", "normlab.param_groups",
+                    list(_PARAM_GROUP_OPTIONS),
+                )
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(_Section):
     """Learning-rate schedule, in epochs (fractions allowed; it is applied every step).
 
     Attributes:
@@ -238,16 +408,25 @@ class ScheduleConfig:
         min_factor: Final learning-rate factor of ``cosine``.
     """
 
-    name: str = "multistep"
+    KEY: ClassVar[str] = "schedule"
+
+    name: ScheduleName = "multistep"
     milestones: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.0
-    min_factor: float = 0.0
+    gamma: PositiveFloat = 0.1
+    warmup_epochs: NonNegativeFloat = 0.0
+    warmup_start_factor: UnitInterval = 0.0
+    min_factor: UnitInterval = 0.0
+
+    def _check(self) -> None:
+        epochs = self.milestones
+        if any(m < 0 for m in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise ConfigError(
+                f"schedule.milestones must be increasing epochs >= 0, got {epochs}"
+            )
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """How the training loop runs.
 
     Attributes:
@@ -266,20 +445,22 @@ class TrainConfig:
             false keeps per-process statistics, as the papers' multi-GPU runs did.
     """
 
-    epochs: int = 10
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "none"
+    KEY: ClassVar[str] = "train"
+
+    epochs: PositiveInt = 10
+    seed: NonNegativeInt = 0
+    device: Device = "auto"
+    amp: AmpMode = "none"
     channels_last: bool = False
     compile: bool = False
     deterministic: bool = False
-    label_smoothing: float = 0.0
-    num_threads: int | None = None
+    label_smoothing: Fraction = 0.0
+    num_threads: PositiveInt | None = None
     sync_stats: bool = True
 
 
 @dataclass
-class RunConfig:
+class RunConfig(_Section):
     """Where and how a run records itself.
 
     Attributes:
@@ -290,6 +471,8 @@ class RunConfig:
         progress: Show a progress bar with ETA (``--quiet`` turns it off).
     """
 
+    KEY: ClassVar[str] = "run"
+
     out_dir: str = "runs"
     name: str | None = None
     save_best: bool = True
@@ -298,7 +481,7 @@ class RunConfig:
 
 
 @dataclass
-class Config:
+class Config(_Section):
     """A complete, resolved run config."""
 
     description: str = ""
@@ -311,13 +494,15 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _FREE_FORM = {"model.kwargs", "data.kwargs", "data.mix.kwargs", "optim.param_groups"}
 _CONFIG_DIR = ("experiments", "configs")
 
 
 def _configs_root() -> Path:
-    return Path(str(resources.files("normlab").joinpath(*_CONFIG_DIR)))
+    root = resources.files("normlab")
+    for part in _CONFIG_DIR:
+        root = root / part
+    return Path(str(root))
 
 
 def list_configs() -> list[str]:
@@ -385,53 +570,12 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(merged, raw)
 
 
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-    elif annotation is Any:
-        return value
-    elif origin is list and isinstance(value, (list, tuple)):
-        (item,) = typing.get_args(annotation)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    elif origin is dict and isinstance(value, dict):
-        return {str(k): v for k, v in value.items()}
-    elif annotation is bool and isinstance(value, bool):
-        return value
-    elif annotation is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    elif annotation is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
-    elif annotation is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise ConfigError(
-        f"config key {key!r} expects {_type_name(annotation)}, got {value!r} "
-        f"({type(value).__name__})"
-    )
-
-
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     parent, _, leaf = key.rpartition(".")
     where = f"under {parent!r}" if parent else "at the top level"
-    close = difflib.get_close_matches(leaf, valid, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return ConfigError(
-        f"unknown config key {key!r}.{hint} Valid keys {where}: {', '.join(sorted(valid))}."
+        f"unknown config key {key!r}.{closest(leaf, valid)} "
+        f"Valid keys {where}: {', '.join(sorted(valid))}."
     )
 
 
@@ -459,7 +603,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         hint = hints[key]
         section = _section(hint)
         if section is None:
-            kwargs[key] = _coerce(value, hint, full)
+            kwargs[key] = value  # checked by the section's __post_init__
         elif value is None and section is not hint:
             kwargs[key] = None  # an optional section switched off
         else:
@@ -471,9 +615,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     """Validate a nested mapping against the schema and fill in defaults.
 
     Raises:
-        ConfigError: An unknown key, or a value of the wrong type.
+        ConfigError: An unknown key, a value of the wrong type or out of range, a name no
+            registry holds, or an option the configured function does not take.
     """
-    return _build(Config, raw, "")
+    config: Config = _build(Config, raw, "")
+    return config
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
