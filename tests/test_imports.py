@@ -67,11 +67,8 @@ LAYERS: dict[str, frozenset[str]] = {
 the facade (``normlab/__init__.py``) and ``__main__`` sit on top and may import any."""
 
 KNOWN: dict[tuple[str, str], str] = {
-    ("function", "normlab.data.image_folder"): "Pillow import without its comment",
     ("function", "normlab.experiments.demo"): "imports report inside a function",
-    ("function", "normlab.experiments.registry"): "imports its tables inside a function",
     ("function", "normlab.experiments.style_transfer"): "imports report inside a function",
-    ("function", "normlab.train.records"): "tensorboard import without its comment",
 }
 """(check, module) -> why the module still fails that check, while its owner reworks it
 (strict xfail: the entry must go once the module passes)."""

@@ -40,7 +40,7 @@ _HINT = "Pass the folder that holds one sub-folder of images per class as root"
 
 def _import_pillow() -> tuple[Any, Any]:
     try:
-        from PIL import Image, ImageOps
+        from PIL import Image, ImageOps  # optional dependency: Pillow
     except ImportError as error:
         raise ImportError(
             "reading image folders needs Pillow; install it with `pip install normlab[images]`"

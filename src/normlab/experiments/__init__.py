@@ -7,6 +7,7 @@ by :func:`run_experiment` and reported by :func:`normlab.report.experiment_repor
 (``normlab experiment list | run NAME | report NAME``).
 """
 
+from normlab.experiments import tables  # noqa: F401  (each module registers its table)
 from normlab.experiments.registry import (
     SCALES,
     Cell,

@@ -162,13 +162,8 @@ def register(experiment: Experiment) -> Experiment:
     return experiment
 
 
-def _load_tables() -> None:
-    from normlab.experiments import tables  # noqa: F401  (registers every table)
-
-
 def list_experiments() -> list[str]:
     """Names of every registered experiment, sorted."""
-    _load_tables()
     return sorted(_REGISTRY)
 
 
@@ -178,7 +173,6 @@ def get_experiment(name: str) -> Experiment:
     Raises:
         KeyError: No experiment has that name (the message lists them).
     """
-    _load_tables()
     if name not in _REGISTRY:
         raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -48,15 +48,15 @@ def collect_results(
     for cell, _, _ in experiment.runs(scale):
         result = CellResult()
         folder = cell_folder(out, experiment, scale, cell)
-        runs = sorted((p for p in folder.glob("seed*") if _seed_of(p) is not None), key=_seed_of)
-        for run in runs:
+        runs = [(seed, p) for p in folder.glob("seed*") if (seed := _seed_of(p)) is not None]
+        for seed, run in sorted(runs):
             summary = RunFolder(run).read_summary()
             if summary.get("status") == "completed":
                 acc = float(summary["final_acc" if experiment.epoch == "last" else "best_acc"])
                 result.values.append(100.0 - acc if experiment.metric == "error" else acc)
-                result.seeds.append(_seed_of(run))
+                result.seeds.append(seed)
             elif summary.get("status") == "stopped_nonfinite_loss":
-                result.diverged.append(_seed_of(run))
+                result.diverged.append(seed)
         results[cell] = result
     return results
 

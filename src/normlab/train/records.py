@@ -75,7 +75,7 @@ class TensorBoardLog:
         if not enabled:
             return
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency: tensorboard
         except ImportError as exc:
             raise RunDirError(
                 "run.tensorboard is true but TensorBoard is not installed: "
