@@ -19,10 +19,7 @@ from tests.models.helpers import meta_model, n_params
 NORMS = normlab.list_norms()
 NORMED = [m for m in list_models() if m != "vgg16_features"]
 RESIDUAL = [m for m in NORMED if m not in ("vgg19", "alexnet", "densenet100_12")]
-NORM_CLASSES = (
-    normlab.BatchNorm2d, normlab.InstanceNorm2d, normlab.LayerNorm2d, normlab.GroupNorm2d,
-    normlab.SwitchNorm2d, normlab.IEBN2d, normlab.BatchInstanceNorm2d,
-)
+NORM_CLASSES = tuple(normlab.norms.resolve_norm(norm, 2) for norm in normlab.list_norms())
 
 
 def _norm_layers(model: nn.Module) -> list[nn.Module]:

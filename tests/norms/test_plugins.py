@@ -91,6 +91,9 @@ def test_registration_and_removal(toy):
     validate_norm_kwargs("toy", {"scale": 2.0, "eps": 1e-3})
     with pytest.raises(NormConfigError, match="did you mean 'scale'"):
         validate_norm_kwargs("toy", {"scal": 2.0})
+    for eps in (0.0, -1.0):
+        with pytest.raises(NormConfigError, match="eps must be > 0"):
+            validate_norm_kwargs("toy", {"eps": eps})
     unregister_norm("toy")
     with pytest.raises(ValueError, match="unknown norm 'toy'"):
         normlab.create_norm("toy", C)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from normlab.functional.replay import is_replaying
 from normlab.norms.base import Coefficients, NormConfigError, Params
 from normlab.norms.registry import TorchTwin, register_norm
 from normlab.norms.standard import BatchNorm, standardize
@@ -105,6 +106,7 @@ class BatchRenorm(BatchNorm):
         )
         self.r_max = float(r_max)
         self.d_max = float(d_max)
+        self._before_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def normalizer(
         self, mean: torch.Tensor, var: torch.Tensor | None, params: Params, count: int
@@ -114,15 +116,28 @@ class BatchRenorm(BatchNorm):
         running_mean, running_var = self.running_mean, self.running_var
         if not self.uses_batch_statistics() or running_mean is None or running_var is None:
             return self.batch_normalizer(mean, var, count)
-        # the statistics before this batch moves them (Algorithm 1 updates them last)
-        before_mean = running_mean.to(mean.dtype).clone()
-        before_var = running_var.to(mean.dtype).clone()
+        if torch.jit.is_scripting():
+            before_mean = running_mean.to(mean.dtype).clone()
+            before_var = running_var.to(mean.dtype).clone()
+        else:
+            before_mean, before_var = self._statistics_before_batch(mean.dtype)
         batch_mean, batch_var = self.batch_statistics(mean, var, count)
         scale, shift = standardize(batch_mean, batch_var, self.eps)
         r, d = renorm_correction(
             batch_mean, batch_var, before_mean, before_var, self.eps, self.r_max, self.d_max
         )
         return scale * r, torch.addcmul(d, shift, r)
+
+    def _statistics_before_batch(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The running statistics as they were before this batch moves them (Algorithm 1
+        updates them last): copied in a forward, and the same copies again when that
+        forward is replayed for a double backward, after it has moved the buffers."""
+        if is_replaying() and self._before_batch is not None:
+            return self._before_batch
+        running_mean, running_var = self.running_mean, self.running_var
+        assert running_mean is not None and running_var is not None
+        self._before_batch = (running_mean.to(dtype).clone(), running_var.to(dtype).clone())
+        return self._before_batch
 
     def start_from_bn(self) -> str:
         """Make the layer compute what the BN whose weights it holds computes, in training

@@ -343,11 +343,17 @@ def norm_options(name: str, dim: int = 2) -> dict[str, inspect.Parameter]:
 
 
 def validate_norm_kwargs(name: str, kwargs: Mapping[str, Any], dim: int = 2) -> None:
-    """Check that every key of ``kwargs`` is a constructor option of the norm ``name``.
+    """Check options for the norm ``name`` as a training config gives them: every key of
+    ``kwargs`` is a constructor option, and ``eps`` is positive.
+
+    The layers themselves take any ``eps`` that torch's twin takes (GroupNorm and
+    InstanceNorm accept ``eps <= 0`` and then divide by zero or take the root of a negative
+    number); a config that trains with such an ``eps`` is refused here, before a run
+    produces NaN.
 
     Raises:
-        NormConfigError: for an unknown norm, or an unknown option (naming the closest
-            valid one and listing them all).
+        NormConfigError: for an unknown norm, an unknown option (naming the closest valid
+            one and listing them all), or ``eps <= 0``.
     """
     options = norm_options(name, dim)
     for key in kwargs:
@@ -358,6 +364,12 @@ def validate_norm_kwargs(name: str, kwargs: Mapping[str, Any], dim: int = 2) -> 
                 f"norm {canonical_norm(name)!r} has no option {key!r}; {hint}"
                 f"valid options: {', '.join(options)}"
             )
+    eps = kwargs.get("eps")
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and not eps > 0:
+        raise NormConfigError(
+            f"norm {canonical_norm(name)!r}: eps must be > 0 (it is added to the variance "
+            f"before the square root), got {eps!r}"
+        )
 
 
 def get_norm_layer(spec: NormSpec, dim: int = 2, **bind: Any) -> Callable[..., nn.Module]:
