@@ -1,6 +1,7 @@
 """normlab: adaptive normalization for PyTorch (IEBN, SN, BIN and the BN/IN/LN/GN baselines)
 on one moments -> coefficients -> affine core, with the papers' networks and experiments."""
 
+import normlab.tasks  # noqa: F401  (registers the training tasks by name)
 from normlab.distributed import to_sync
 from normlab.errors import NormlabError
 from normlab.models import create_model, list_models, model_info
@@ -43,7 +44,6 @@ from normlab.norms import (
     unfreeze_norm,
     update_norm_stats,
 )
-import normlab.tasks  # noqa: F401  (registers the training tasks by name)
 
 __version__ = "0.1.0"
 
