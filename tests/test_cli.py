@@ -17,8 +17,7 @@ import normlab.cli
 from normlab.bench import cli as bench_cli
 from normlab.cli import EXIT_STATUS, build_parser, main
 from normlab.errors import CheckpointError, ConfigError, NonFiniteLossError, UsageError
-from normlab.experiments import demo
-from normlab.experiments import style_transfer as style
+from normlab.report import demo, style
 from normlab.train import build_setup, list_configs, load_config
 
 from .train.tiny import one_thread

@@ -18,7 +18,9 @@ the file (:mod:`normlab.train.config`).
 
 Every command and its options are declared in the one tree :func:`build_parser` builds:
 the commands that live in other modules (``demo``, ``style``, ``bench``) contribute their
-options with ``add_arguments(parser)`` and run with ``run(args)``, so ``normlab --help``
+options with ``add_arguments(parser)`` and run with ``run(args)`` (``demo`` and ``style``
+declare their options in :mod:`normlab.experiments` and run from :mod:`normlab.report`,
+which trains and then reports), so ``normlab --help``
 lists every command's options and ``normlab <command> --help`` shows its own, with
 examples. The tree is plain :mod:`argparse`: a CLI library such as jsonargparse (which can
 derive options from the typed config) would add a dependency for what ``--set`` with the
@@ -49,6 +51,8 @@ from normlab.experiments import demo, get_experiment, list_experiments, run_expe
 from normlab.experiments import style_transfer as style
 from normlab.models.registry import list_models, model_info
 from normlab.norms.registry import list_norms, norm_aliases
+from normlab.report import demo as demo_command
+from normlab.report import style as style_command
 from normlab.report.experiment import experiment_report
 from normlab.train import (
     config_to_yaml,
@@ -336,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_training_commands(sub, _overrides_parent())
     demo.add_arguments(_command(sub, "demo", "what the adaptive norms do, in minutes",
-                                demo.run, description=demo.DESCRIPTION))
+                                demo_command.run, description=demo.DESCRIPTION))
     style.add_arguments(_command(sub, "style", "fast style transfer with every norm",
-                                 style.run, description=style.DESCRIPTION))
+                                 style_command.run, description=style.DESCRIPTION))
     bench_cli.add_arguments(_command(sub, "bench", "layer, model and inference benchmarks",
                                      bench_cli.run, description=bench_cli.DESCRIPTION))
     parser.epilog = _TOP_EPILOG + "\n".join(_leaf_usages(parser))

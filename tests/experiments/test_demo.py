@@ -9,8 +9,11 @@ import re
 
 import pytest
 
+from normlab.cli import main
 from normlab.experiments import demo
 from normlab.experiments.demo import SETTINGS, DemoSettings, accuracy_cells, run_demo
+from normlab.report import demo as demo_report
+from normlab.report.demo import build_report
 from normlab.train import NonFiniteLossError
 
 TINY = DemoSettings(norms=("bn", "bin", "iebn", "sn"), seeds=1, epochs=1, batch_size=512,
@@ -20,7 +23,7 @@ TINY = DemoSettings(norms=("bn", "bin", "iebn", "sn"), seeds=1, epochs=1, batch_
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    report = run_demo(TINY, out, progress=False)
+    report = build_report(run_demo(TINY, out, progress=False), TINY)
     return out, report
 
 
@@ -66,7 +69,7 @@ def test_rerun_skips_finished_cells_and_refuses_other_settings(finished, monkeyp
 
     monkeypatch.setattr(demo, "train_cell", fail)
     before = report.read_text()
-    assert run_demo(TINY, out, progress=False).read_text() == before
+    assert build_report(run_demo(TINY, out, progress=False), TINY).read_text() == before
     with pytest.raises(ValueError, match="other settings"):
         run_demo(DemoSettings(norms=("bn",), seeds=1, epochs=2), out, progress=False)
 
@@ -99,12 +102,17 @@ def test_cli_quick_flags(monkeypatch, tmp_path, capsys):
 
     def fake_run(settings, out, progress):
         seen.update(settings=settings, out=out, progress=progress)
-        report = tmp_path / "report.md"
+        return tmp_path
+
+    def fake_report(out, settings):
+        report = out / "report.md"
         report.write_text("Test accuracy (%)\n\n| table |\n\nSettings:\n")
         return report
 
-    monkeypatch.setattr(demo, "run_demo", fake_run)
-    assert demo.main(["--quick", "--out", str(tmp_path), "--norms", "bn", "sn", "--quiet"]) == 0
+    monkeypatch.setattr(demo_report, "run_demo", fake_run)
+    monkeypatch.setattr(demo_report, "build_report", fake_report)
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--norms", "bn", "sn",
+                 "--quiet"]) == 0
     assert seen["settings"] == DemoSettings.quick(norms=("bn", "sn"))
     assert seen["progress"] is False
     assert "| table |" in capsys.readouterr().out
@@ -120,7 +128,7 @@ def test_a_diverging_cell_stops_with_the_engines_error_and_writes_nothing(tmp_pa
 
 @pytest.mark.slow
 def test_the_quick_demo_end_to_end(tmp_path, capsys):
-    assert demo.main(["--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--quiet"]) == 0
     quick = DemoSettings.quick()
     cells = list((tmp_path / "cells").glob("*.json"))
     assert len(cells) == len(quick.norms) * 3 * quick.seeds

@@ -9,13 +9,16 @@ import torch
 
 from normlab.cli import main
 from normlab.experiments.style_transfer import StyleSettings, run_style_transfer
+from normlab.report.style import style_report
 
 TINY = StyleSettings(size=16, batch_size=2, steps=3, content=("coffee",))
 
 
 def test_runs_each_norm_once_and_reports(tmp_path):
     lines = []
-    path = run_style_transfer(TINY, ("in", "bin"), tmp_path, progress=False, log=lines.append)
+    out = run_style_transfer(TINY, ("in", "bin"), tmp_path, progress=False, log=lines.append)
+    assert out == tmp_path
+    path = style_report(out, TINY)
     assert lines[1].startswith("[1/2] in: content ")
     history = json.loads((tmp_path / "norms/bin.json").read_text())["history"]
     assert [r["step"] for r in history] == [1, 2, 3]

@@ -14,7 +14,8 @@ download) with every normalizer, in the settings where the papers say they diffe
 
 Every (setting, norm, seed) cell is written atomically to ``cells/`` under the output
 folder as soon as it finishes, so a re-run skips finished cells (a crashed run resumes).
-The report (``report.md`` and PNG figures) is rebuilt from those files alone.
+The report (``report.md`` and PNG figures, :mod:`normlab.report.demo`) is rebuilt from
+those files alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import argparse
 import json
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,7 +48,7 @@ from normlab.norms import (
 from normlab.tasks.classification import ClassificationTask
 from normlab.train.engine import Trainer
 from normlab.train.factory import Loaders
-from normlab.train.records import pin_settings, write_json, write_text_atomic
+from normlab.train.records import pin_settings, write_json
 from normlab.train.run_folder import FolderLock
 from normlab.train.schedule import LRSchedule
 from normlab.train.seed import seed_everything
@@ -55,12 +56,13 @@ from normlab.train.seed import seed_everything
 __all__ = [
     "DESCRIPTION",
     "SETTINGS",
+    "SETTING_TITLES",
     "DemoSettings",
+    "accuracy_cells",
     "add_arguments",
-    "build_report",
-    "main",
-    "run",
+    "read_cells",
     "run_demo",
+    "settings_from_args",
 ]
 
 SETTINGS = ("clean", "small_batch", "noise", "unseen_styles")
@@ -255,7 +257,8 @@ def train_cells(settings: DemoSettings, todo: Sequence[CellKey]) -> Iterator[Cel
 
 
 def run_demo(settings: DemoSettings, out: str | Path, *, progress: bool = True) -> Path:
-    """Train every missing cell, then write the report; returns the report's path.
+    """Train every missing cell of ``out``; returns ``out`` (its report:
+    :func:`normlab.report.demo.build_report`).
 
     The folder is locked while the demo runs (a second ``normlab demo --out`` of the same
     folder stops with a message naming this process); each cell is written as it finishes.
@@ -278,7 +281,7 @@ def run_demo(settings: DemoSettings, out: str | Path, *, progress: bool = True) 
                 bar.set_postfix_str(f"{cell.setting} {cell.norm} seed {cell.seed}")
                 bar.update()
                 write_json(asdict(cell), cell.path(out))
-        return build_report(out, settings)
+    return out
 
 
 def _bar(todo: Sequence[CellKey], total: int, progress: bool) -> Any:
@@ -301,78 +304,6 @@ def accuracy_cells(cells: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[
     return table
 
 
-def build_report(out: str | Path, settings: DemoSettings) -> Path:
-    """Write ``report.md`` and the figures from the cells in ``out`` (and nothing else)."""
-    from normlab.report import accuracy_figure, learned_figures, markdown_table
-
-    out = Path(out)
-    cells = read_cells(out)
-    table = accuracy_cells(cells)
-    norms = [n for n in settings.norms if any(n in table[s] for s in SETTINGS)]
-    accuracy_figure(table, norms, SETTINGS, out / "accuracy.png", titles=SETTING_TITLES)
-    figures = ["accuracy.png"]
-    seed0 = {c["norm"]: c["norm_summary"] for c in cells if c["setting"] == "clean"
-             and c["seed"] == 0}
-    figures += learned_figures(seed0, out)
-    text = _report_text(settings, table, norms, cells, figures, markdown_table)
-    report = out / "report.md"
-    write_text_atomic(text, report)
-    return report
-
-
-def _report_text(
-    settings: DemoSettings,
-    table: dict[str, dict[str, list[float]]],
-    norms: list[str],
-    cells: list[dict[str, Any]],
-    figures: list[str],
-    markdown_table: Callable[..., str],
-) -> str:
-    minutes = sum(c["seconds"] for c in cells) / 60
-    seeds = sorted({c["seed"] for c in cells})
-    lines = [
-        "# normlab demo: adaptive normalization on built-in digits",
-        "",
-        "**Scale, honestly:** scikit-learn's 1,797 handwritten digits (8×8 scans) rendered "
-        f"at {settings.image_size}×{settings.image_size} with random colours, contrast "
-        "and textures; a "
-        f"{6 * settings.blocks + 2}-layer CIFAR-style ResNet (widths "
-        f"{'/'.join(map(str, settings.widths))}); {settings.epochs} epochs; "
-        f"{len(seeds)} seed(s); trained on a CPU in {minutes:.1f} minutes of training time. "
-        "These numbers show the *direction* of the papers' effects on a toy problem; they "
-        "are not the papers' CIFAR/ImageNet results.",
-        "",
-        "Test accuracy (%), mean ± std over seeds (best per column in bold):",
-        "",
-        markdown_table(table, norms, SETTINGS, row_header="norm",
-                       column_titles=SETTING_TITLES),
-        "Settings:",
-        "",
-        "- **clean** — training styles, held-out digits.",
-        f"- **BN stats over 2 samples** — every batch-statistics layer pools over virtual "
-        f"batches of {settings.virtual_batch_size} samples (SN paper, batch-size table).",
-        f"- **noise** — constant-noise attack (Na, Nb) = {tuple(settings.noise)} on every "
-        "norm's normalized output (IEBN paper Eqn. 11, Table 2).",
-        "- **unseen styles** — the clean models on colour/texture styles absent from "
-        "training (BIN paper's style-invariance claim).",
-        "",
-    ]
-    captions = {
-        "accuracy.png": "Accuracy per setting and norm",
-        "sn_ratios.png": "SN's learned mean/variance ratios per layer (IN, LN, BN)",
-        "bin_gates.png": "BIN's gates ρ per layer (1 = BN, 0 = IN)",
-        "iebn_gates.png": "IEBN's gate values δ per layer on a test batch",
-    }
-    for name in figures:
-        lines += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
-    lines += [
-        "Settings of this run: `settings.json`; every cell: `cells/*.json` "
-        "(accuracies, time, and `normlab.norm_summary` of the clean models).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 DESCRIPTION = (
     "Train a small ResNet on built-in digits with every normalizer in four settings and "
     "write a report (no download; about half an hour on 2 CPU cores, --quick about a minute)."
@@ -393,35 +324,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A parser of the demo's options alone (``normlab demo`` is the command line)."""
-    parser = argparse.ArgumentParser(prog="normlab demo", description=DESCRIPTION)
-    add_arguments(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the demo's options alone and run it (for scripts; prefer ``normlab demo``)."""
-    return run(build_parser().parse_args(argv))
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the demo as ``args`` (from :func:`add_arguments`) say; returns the exit status."""
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """The demo's settings from ``args`` (from :func:`add_arguments`): ``--quick``'s preset
+    or the defaults, with the options given."""
     overrides: dict[str, Any] = {"device": args.device}
     for key in ("seeds", "epochs", "workers"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.norms:
         overrides["norms"] = tuple(args.norms)
-    settings = DemoSettings.quick(**overrides) if args.quick else replace(DemoSettings(),
-                                                                         **overrides)
-    report = run_demo(settings, args.out, progress=not args.quiet)
-    print(_summary_text(report))
-    return 0
-
-
-def _summary_text(report: Path) -> str:
-    text = report.read_text()
-    start = text.index("Test accuracy")
-    end = text.index("Settings:")
-    return f"{text[start:end].strip()}\n\nReport: {report}  (figures beside it)"
+    if args.quick:
+        return DemoSettings.quick(**overrides)
+    return replace(DemoSettings(), **overrides)

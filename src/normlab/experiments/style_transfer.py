@@ -2,7 +2,7 @@
 
 One :class:`~normlab.models.TransformerNet` per norm is trained from the same seed on the
 same content batches against one style image
-(:mod:`normlab.tasks.style_transfer`). The report
+(:mod:`normlab.tasks.style_transfer`). The report (:mod:`normlab.report.style`)
 draws the content and style losses against the step — the IEBN paper's Figs. 3 and 5 (BN,
 IN, SE, IEBN), the SN paper's Figs. 15 and 16a (IN, BN, SN), BIN's comparison (IN, BIN) —
 and a grid of held-out images stylized by each network (IEBN Fig. 2).
@@ -21,7 +21,6 @@ re-run skips finished norms; ``settings.json`` pins what the numbers mean.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -41,18 +40,19 @@ from normlab.data.seeding import seeded_generator
 from normlab.models import VGG16Features, create_model
 from normlab.norms import post_step
 from normlab.tasks.style_transfer import PerceptualLoss, loss_network, train_style_network
-from normlab.train.records import pin_settings, write_json, write_text_atomic
+from normlab.train.records import pin_settings, write_json
 from normlab.train.run_folder import atomic_save
 
 __all__ = [
     "DESCRIPTION",
+    "FIGURES",
     "NORMS",
     "StyleSettings",
     "add_arguments",
-    "main",
-    "run",
+    "held_out_crops",
     "run_style_transfer",
-    "style_report",
+    "settings_from_args",
+    "tail_mean",
 ]
 
 NORMS = ("in", "bn", "se", "iebn", "sn", "bin")
@@ -93,7 +93,8 @@ def _vgg(settings: StyleSettings) -> VGG16Features:
     return loss_network(settings.vgg_weights, settings.seed)
 
 
-def _test_crops(settings: StyleSettings) -> torch.Tensor:
+def held_out_crops(settings: StyleSettings) -> torch.Tensor:
+    """The held-out images every network stylizes (crops of ``astronaut``)."""
     return random_crops([load_photo(HELD_OUT)], TEST_IMAGES, settings.size,
                         seeded_generator(settings.seed, 1))
 
@@ -113,7 +114,7 @@ def _train_one(
     )
     model.eval()
     with torch.no_grad():
-        outputs = model(_test_crops(settings)).clamp(0, 1)
+        outputs = model(held_out_crops(settings)).clamp(0, 1)
     atomic_save(outputs, folder / f"{norm}-images.pt")
     result = {"norm": norm, "history": history}
     write_json(result, folder / f"{norm}.json")
@@ -128,10 +129,10 @@ def run_style_transfer(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train one network per norm (skipping finished ones), then write the report.
+    """Train one network per norm (skipping finished ones) under ``out``.
 
     Returns:
-        The path of ``report.md``.
+        ``out`` (its report: :func:`normlab.report.style.style_report`).
 
     Raises:
         ValueError: ``out`` holds results made with other settings, or an unknown norm.
@@ -149,66 +150,16 @@ def run_style_transfer(
             continue
         log(f"[{index}/{len(norms)}] {norm}: training {settings.steps} steps")
         result = _train_one(norm, settings, folder, progress)
-        last = _tail_mean(result["history"])
+        last = tail_mean(result["history"])
         log(f"[{index}/{len(norms)}] {norm}: content {last['content']:.4g}, "
             f"style {last['style']:.4g}")
-    return style_report(out, settings)
+    return out
 
 
-def _tail_mean(history: Sequence[dict[str, float]]) -> dict[str, float]:
+def tail_mean(history: Sequence[dict[str, float]]) -> dict[str, float]:
     """Losses averaged over the last tenth of the steps (at least one)."""
     tail = history[-max(1, len(history) // 10):]
     return {k: statistics.fmean(r[k] for r in tail) for k in ("content", "style", "total")}
-
-
-def style_report(out: str | Path, settings: StyleSettings) -> Path:
-    """``report.md``, ``losses.png`` and ``images.png`` from the finished norms in ``out``."""
-    from normlab.report.figures import style_images_figure, style_losses_figure
-
-    out = Path(out)
-    results = {}
-    for norm in NORMS:
-        path = out / "norms" / f"{norm}.json"
-        if path.is_file():
-            results[norm] = json.loads(path.read_text())["history"]
-    style_losses_figure(results, out / "losses.png")
-    images = {
-        n: torch.load(out / "norms" / f"{n}-images.pt", weights_only=True) for n in results
-    }
-    style_images_figure(_test_crops(settings), load_photo(settings.style), images,
-                        out / "images.png")
-    lines = [
-        "# Fast style transfer with each norm",
-        "",
-        f"TransformerNet (Johnson et al.) at {settings.size}×{settings.size}, batch "
-        f"{settings.batch_size}, {settings.steps} Adam steps (lr {settings.lr}), seed "
-        f"{settings.seed}; style `{settings.style}`; content: "
-        f"{', '.join(f'`{c}`' for c in settings.content)}.",
-        "",
-    ]
-    if settings.vgg_weights is None:
-        lines += [
-            "**Loss network: VGG-16 with seeded random weights** (no `--vgg-weights` file): "
-            "the curves compare how each norm optimises the same objective; the images are "
-            "texture transfer, not the papers' artistic stylization.",
-            "",
-        ]
-    lines += [
-        "Losses averaged over the last tenth of the steps (lower is better):",
-        "",
-        "| norm | content | style | total |",
-        "|---|---|---|---|",
-    ]
-    for norm, history in results.items():
-        last = _tail_mean(history)
-        lines.append(f"| {norm} | {last['content']:.4g} | {last['style']:.4g} | "
-                     f"{last['total']:.4g} |")
-    lines += ["", "Paper figures these runs stand for:", ""]
-    lines += [f"- {figure}: {', '.join(norms)}" for figure, norms in FIGURES.items()]
-    lines += ["", "![losses](losses.png)", "", "![images](images.png)", ""]
-    path = out / "report.md"
-    write_text_atomic("\n".join(lines), path)
-    return path
 
 
 DESCRIPTION = (__doc__ or "").splitlines()[0].split(": ", 1)[1]
@@ -242,21 +193,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``style``'s options alone and run it (for scripts; prefer ``normlab style``)."""
-    parser = argparse.ArgumentParser(prog="normlab style", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run style transfer as ``args`` (from :func:`add_arguments`) say; returns the exit
-    status."""
-    settings = StyleSettings(
+def settings_from_args(args: argparse.Namespace) -> StyleSettings:
+    """The settings ``args`` (from :func:`add_arguments`) give."""
+    return StyleSettings(
         size=args.size, batch_size=args.batch_size, steps=args.steps, lr=args.lr,
         style=args.style, content=tuple(args.content), vgg_weights=args.vgg_weights,
         style_weight=args.style_weight, seed=args.seed,
     )
-    path = run_style_transfer(settings, args.norms, args.out, progress=not args.quiet)
-    print(f"report: {path}")
-    return 0
