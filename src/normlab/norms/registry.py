@@ -327,13 +327,17 @@ def resolve_norm(name: str, dim: int = 2) -> type[NormBase]:
 def norm_options(name: str, dim: int = 2) -> dict[str, inspect.Parameter]:
     """The constructor options of a norm, by name (everything after C: ``eps``,
     ``momentum``, its own settings, ``device``...), for configs and the command line; a
-    constructor that passes ``**kwargs`` on adds its base class's options."""
+    constructor that passes ``**kwargs`` on adds its base class's options. Annotations
+    are evaluated (types, not the text ``from __future__ import annotations`` leaves)."""
     options: dict[str, inspect.Parameter] = {}
     for cls in resolve_norm(name, dim).__mro__:
         init = cls.__dict__.get("__init__")
         if init is None:
             continue
-        parameters = inspect.signature(init).parameters.values()
+        try:
+            parameters = inspect.signature(init, eval_str=True).parameters.values()
+        except NameError:  # an annotation names a TYPE_CHECKING-only import
+            parameters = inspect.signature(init).parameters.values()
         for p in parameters:
             if p.name not in NOT_OPTIONS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 options.setdefault(p.name, p)

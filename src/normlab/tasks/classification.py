@@ -74,7 +74,7 @@ class TrainAccuracy(PerSampleMetric):
     def update(self, batch: Any, output: Any) -> None:
         _, y = batch
         self.add(
-            loss_sum=output.loss.detach() * y.shape[0],
+            loss_sum=output.loss * y.shape[0],  # the engine passes the loss detached
             correct=(output.output.argmax(1) == y).sum(),
             seen=y.shape[0],
         )

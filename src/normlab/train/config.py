@@ -46,7 +46,11 @@ import yaml
 
 from normlab.data.registry import DatasetInfo, dataset_info, list_datasets
 from normlab.models.registry import list_models, model_constructor
-from normlab.norms.registry import canonical_norm, resolve_norm, validate_norm_kwargs
+from normlab.norms.registry import (
+    canonical_norm,
+    norm_options,
+    validate_norm_kwargs,
+)
 from normlab.norms.training import param_groups
 from normlab.train.errors import ConfigError
 from normlab.train.records import write_text_atomic
@@ -237,8 +241,11 @@ class ModelConfig(_Section):
             validate_norm_kwargs(self.norm, norm_kwargs)
         except ConfigError as exc:
             raise ConfigError(f"model.kwargs.norm_kwargs: {exc}") from None
-        norm_options = keyword_parameters(resolve_norm(self.norm)) or {}
-        check_keywords("model.kwargs.norm_kwargs", norm_kwargs, norm_options)
+        annotations = {
+            option: Any if p.annotation is p.empty else p.annotation
+            for option, p in norm_options(self.norm).items()
+        }
+        check_keywords("model.kwargs.norm_kwargs", norm_kwargs, annotations)
 
 
 @dataclass
