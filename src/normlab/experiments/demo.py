@@ -48,8 +48,8 @@ from normlab.norms import (
 from normlab.tasks.classification import ClassificationTask
 from normlab.train.engine import Trainer
 from normlab.train.factory import Loaders
-from normlab.train.records import pin_settings, write_json
-from normlab.train.run_folder import FolderLock
+from normlab.train.records import pin_settings
+from normlab.train.run_folder import FolderLock, write_json_atomic
 from normlab.train.schedule import LRSchedule
 from normlab.train.seed import seed_everything
 
@@ -280,7 +280,7 @@ def run_demo(settings: DemoSettings, out: str | Path, *, progress: bool = True) 
             for cell in train_cells(settings, todo):
                 bar.set_postfix_str(f"{cell.setting} {cell.norm} seed {cell.seed}")
                 bar.update()
-                write_json(asdict(cell), cell.path(out))
+                write_json_atomic(asdict(cell), cell.path(out))
     return out
 
 

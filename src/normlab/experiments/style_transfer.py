@@ -40,8 +40,8 @@ from normlab.data.seeding import seeded_generator
 from normlab.models import VGG16Features, create_model
 from normlab.norms import post_step
 from normlab.tasks.style_transfer import PerceptualLoss, loss_network, train_style_network
-from normlab.train.records import pin_settings, write_json
-from normlab.train.run_folder import atomic_save
+from normlab.train.records import pin_settings
+from normlab.train.run_folder import atomic_save, write_json_atomic
 
 __all__ = [
     "DESCRIPTION",
@@ -117,7 +117,7 @@ def _train_one(
         outputs = model(held_out_crops(settings)).clamp(0, 1)
     atomic_save(outputs, folder / f"{norm}-images.pt")
     result = {"norm": norm, "history": history}
-    write_json(result, folder / f"{norm}.json")
+    write_json_atomic(result, folder / f"{norm}.json")
     return result
 
 

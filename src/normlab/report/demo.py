@@ -22,7 +22,7 @@ from normlab.experiments.demo import (
 )
 from normlab.report.figures import accuracy_figure, learned_figures
 from normlab.report.tables import markdown_table
-from normlab.train.records import write_text_atomic
+from normlab.train.run_folder import write_text_atomic
 
 __all__ = ["build_report", "run"]
 

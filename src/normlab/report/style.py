@@ -24,7 +24,7 @@ from normlab.experiments.style_transfer import (
     tail_mean,
 )
 from normlab.report.figures import style_images_figure, style_losses_figure
-from normlab.train.records import write_text_atomic
+from normlab.train.run_folder import write_text_atomic
 
 __all__ = ["run", "style_report"]
 

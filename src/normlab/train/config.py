@@ -53,7 +53,7 @@ from normlab.norms.registry import (
 )
 from normlab.norms.training import param_groups
 from normlab.train.errors import ConfigError
-from normlab.train.records import write_text_atomic
+from normlab.train.run_folder import write_text_atomic
 from normlab.train.validation import (
     Fraction,
     NonNegativeFloat,

@@ -1,8 +1,7 @@
 """What a run records besides its run folder's files: environment, settings, TensorBoard.
 
 The run folder's files (``metrics.jsonl``, ``summary.json``, checkpoints) are written and
-read by :mod:`normlab.train.run_folder`; its atomic writes are re-exported here as
-``write_text_atomic`` and ``write_json``.
+read by :mod:`normlab.train.run_folder`, which also holds the one atomic write.
 
 - :func:`environment`: versions, device and source commit, for ``summary.json``.
 - :func:`pin_settings`: results in a folder are only comparable with the same settings.
@@ -21,16 +20,13 @@ from typing import Any
 import torch
 
 from normlab.train.errors import RunDirError
-from normlab.train.run_folder import write_json_atomic as write_json
-from normlab.train.run_folder import write_text_atomic
+from normlab.train.run_folder import write_json_atomic
 
 __all__ = [
     "TensorBoardLog",
     "differences",
     "environment",
     "pin_settings",
-    "write_json",
-    "write_text_atomic",
 ]
 
 
@@ -57,7 +53,7 @@ def pin_settings(settings: dict[str, Any], path: str | Path, what: str) -> None:
     mine = json.loads(json.dumps(settings))
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(mine, path)
+        write_json_atomic(mine, path)
         return
     changed = [key for key, _, _ in differences(mine, json.loads(path.read_text()))]
     if changed:
