@@ -2,8 +2,8 @@
 
 The whole data set lives on the training device as uint8; each batch is gathered, augmented
 and normalized there, as in airbench. An epoch's order and augmentation are a pure function
-of ``(seed, epoch)``, so a run resumed at epoch ``e`` sees exactly the batches it would have
-seen.
+of ``(seed, epoch)``, so a run resumed at batch ``b`` of epoch ``e`` sees exactly the batches
+it would have seen (:class:`EpochLoader`).
 """
 
 from __future__ import annotations
@@ -46,11 +46,20 @@ class Normalizer:
 
 
 class EpochLoader:
-    """Base of the loaders: epoch bookkeeping shared by every loader.
+    """Base of the loaders: the position (epoch, batch) shared by every loader.
 
-    Each pass over the loader uses the current epoch and then advances it by one;
-    :meth:`set_epoch` selects the epoch of the next pass (e.g. when resuming). A pass draws
-    all its randomness from a generator seeded with ``(seed, epoch)``.
+    A pass over the loader starts at its position, batch ``b`` of epoch ``e``, and yields
+    batches ``b, b + 1, ...`` of that epoch; every yielded batch moves the position on, so
+    :meth:`state_dict` taken after ``k`` batches of epoch ``e`` (counted from its start) says
+    ``(e, k)``, and after the epoch's last batch ``(e + 1, 0)``. A pass that is abandoned
+    partway leaves the position inside the epoch; the next pass continues there.
+    :meth:`set_epoch` moves to the start of an epoch (e.g. at every epoch of training) and
+    :meth:`load_state_dict` to a saved position (a run resumed mid-epoch).
+
+    An epoch draws all its randomness from a generator seeded with ``(seed, epoch)``, and
+    subclasses implement :meth:`_batches`, which yields the epoch's batches from ``start``
+    on without producing the skipped ones. So resuming at ``(e, k)`` yields exactly the
+    batches ``k, k + 1, ...`` of the uninterrupted epoch ``e``.
 
     Args:
         seed: Seed of the loader's randomness.
@@ -60,37 +69,69 @@ class EpochLoader:
     def __init__(self, seed: int, channels_last: bool) -> None:
         self.seed = seed
         self.epoch = 0
+        self.batch = 0
         self.channels_last = channels_last
 
+    def __len__(self) -> int:
+        raise NotImplementedError
+
     def set_epoch(self, epoch: int) -> None:
-        """Make the next pass produce the batches of ``epoch``."""
+        """Make the next pass produce the batches of ``epoch``, from its first batch."""
         if epoch < 0:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
-        self.epoch = epoch
+        self.epoch, self.batch = epoch, 0
 
     def state_dict(self) -> dict[str, int]:
-        """The loader's position: the epoch of the next pass and the seed."""
-        return {"epoch": self.epoch, "seed": self.seed}
+        """The loader's position: the next batch is batch ``batch`` of epoch ``epoch``."""
+        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restore a position saved by :meth:`state_dict` (e.g. from a checkpoint).
 
+        A state without ``"batch"`` (saved before positions inside an epoch existed)
+        means the start of its epoch.
+
         Raises:
-            ValueError: If the state was saved with another seed, whose batches differ.
+            ValueError: The state was saved with another seed, whose batches differ, or
+                its batch lies beyond this loader's epoch (the data or batch size changed).
         """
         if int(state["seed"]) != self.seed:
             raise ValueError(
                 f"loader state was saved with seed {state['seed']} but this loader has seed "
                 f"{self.seed}; its batches would differ"
             )
-        self.set_epoch(int(state["epoch"]))
+        epoch, batch = int(state["epoch"]), int(state.get("batch", 0))
+        if not 0 <= batch <= len(self):
+            raise ValueError(
+                f"loader state is at batch {batch} of epoch {epoch}, but an epoch of this "
+                f"loader has {len(self)} batches; the data or the batch size changed"
+            )
+        self.set_epoch(epoch)
+        if batch == len(self):
+            self.set_epoch(epoch + 1)
+        else:
+            self.batch = batch
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch = self.epoch
-        self.epoch += 1
-        return self._batches(seeded_generator(self.seed, epoch))
+        epoch, start = self.epoch, self.batch
+        return self._counted(epoch, start, self._batches(seeded_generator(self.seed, epoch), start))
 
-    def _batches(self, generator: torch.Generator) -> Iterator[Batch]:
+    def _counted(self, epoch: int, start: int, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """``batches`` (of ``epoch``, from ``start``), moving the position on each one."""
+        steps = len(self)
+        done = start
+        for batch in batches:
+            done += 1
+            self.epoch, self.batch = (epoch, done) if done < steps else (epoch + 1, 0)
+            yield batch
+        self.epoch, self.batch = epoch + 1, 0
+
+    def _batches(self, generator: torch.Generator, start: int) -> Iterator[Batch]:
+        """Batches ``start, start + 1, ...`` of the epoch whose randomness is ``generator``.
+
+        Implementations draw the whole epoch's random numbers (so they do not depend on
+        ``start``) but produce only the batches from ``start`` on.
+        """
         raise NotImplementedError
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,13 +200,14 @@ class DeviceLoader(EpochLoader):
         n = len(self.data)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _batches(self, generator: torch.Generator) -> Iterator[Batch]:
+    def _batches(self, generator: torch.Generator, start: int) -> Iterator[Batch]:
         n = len(self.data)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         offsets, flips = draw_crop_flip(n, self.padding, generator, self.flip)
         order, offsets, flips = (t.to(self.device) for t in (order, offsets, flips))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
+        size = self.batch_size
+        for first in range(start * size, len(self) * size, size):
+            index = order[first : first + size]
             images = self.images[index]
             if self.augment:
                 images = crop_flip(images, offsets[index], flips[index], self.padding)

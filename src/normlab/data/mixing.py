@@ -162,7 +162,7 @@ class MixedLoader(EpochLoader):
         stream = [torch.randperm(n, generator=generator) for _ in range(passes)]
         return torch.cat(stream)[:needed] if stream else torch.empty(0, dtype=torch.int64)
 
-    def _batches(self, generator: torch.Generator) -> Iterator[Batch]:
+    def _batches(self, generator: torch.Generator, start: int) -> Iterator[Batch]:
         steps, p = len(self), self.primary_batch
         primary = torch.randperm(len(self.primary), generator=generator)[: steps * p]
         secondary = self._secondary_stream(generator) + len(self.primary)
@@ -170,7 +170,7 @@ class MixedLoader(EpochLoader):
         offsets, flips = draw_crop_flip(plan.numel(), self.padding, generator)
         offsets, flips = offsets.view(*plan.shape, 2), flips.view(plan.shape)
         plan, offsets, flips = (t.to(self.device) for t in (plan, offsets, flips))
-        for step in range(steps):
+        for step in range(start, steps):
             index = plan[step]
             images = self.images[index]
             if self.augment:
