@@ -7,7 +7,7 @@ Commands::
     torchrun --nproc-per-node K -m normlab train ...   (K processes, one per device)
     normlab eval RUN_DIR [--checkpoint last.pt|best.pt|prev.pt|PATH] [--recompute-stats N]
     normlab list norms|models|datasets|configs
-    normlab experiment list | run NAME | report NAME
+    normlab experiment list | run NAME [--data NAME=PATH ...] | report NAME
     normlab demo [--quick] [--out DIR] [--seeds N] [--device cpu|cuda] ...
     normlab style [--norms ...] [--steps N] [--vgg-weights PATH] ...
     normlab bench layers|models|inference [...]
@@ -172,6 +172,23 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_roots(items: Sequence[str]) -> dict[str, str]:
+    """``--data NAME=PATH ...`` as ``{NAME: PATH}`` (one root per data set).
+
+    Raises:
+        UsageError: An item without ``=``, or a data set given twice.
+    """
+    roots: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--data {item!r} must look like NAME=PATH, e.g. cifar10=data/cifar")
+        if name in roots:
+            raise UsageError(f"--data gives {name!r} twice ({roots[name]} and {path})")
+        roots[name] = path
+    return roots
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.action == "list":
         names = list_experiments()
@@ -187,7 +204,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     seeds = range(args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.scale])
     if args.action == "run":
         counts = run_experiment(experiment, scale=args.scale, seeds=seeds, out=args.out,
-                                overrides=args.overrides, progress=not args.quiet)
+                                overrides=args.overrides, data_roots=_data_roots(args.data),
+                                progress=not args.quiet)
         print(", ".join(f"{n} {what}" for what, n in counts.items()))
     path = experiment_report(experiment, scale=args.scale, out=args.out, seeds=seeds)
     print(f"report: {path}")
@@ -227,6 +245,8 @@ examples:
 examples:
   normlab experiment list
   normlab experiment run bin_table1_cifar --seeds 1 --set train.epochs=1
+  normlab experiment run bin_table1_cifar --scale full --data cifar10=data/cifar-10-batches-py \
+      cifar100=data/cifar-100-python
   normlab experiment report iebn_table2_constant_noise --scale full --out experiments
 """,
     "demo": """\
@@ -315,6 +335,9 @@ def _add_training_commands(sub: Any, overrides: argparse.ArgumentParser) -> None
     run = actions.add_parser("run", parents=[sweep, overrides],
                              help="train the runs not finished yet, then write the report")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--data", nargs="+", action="extend", default=[], metavar="NAME=PATH",
+                     help="one root per data set the cells read, e.g. cifar10=PATH "
+                          "cifar100=PATH (replaces their data.root / data.mix.root)")
     actions.add_parser("report", parents=[sweep], help="write the report from the runs so far")
 
 
