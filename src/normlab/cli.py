@@ -91,22 +91,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"run {summary['run_dir']}: final acc {summary['final_acc']:.2f}, best "
             f"{summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
             f"{summary['time_s']:.1f}s training"
+            + ("" if summary.get("limit_batches") is None else
+               f" (limited to {summary['limit_batches']} batches per epoch)")
         )
     return 0
 
 
 def _run_training(args: argparse.Namespace) -> dict[str, Any] | None:
     """Train or resume as the arguments say; ``None`` when only the config was printed."""
+    limit = [] if args.limit_batches is None else [f"train.limit_batches={args.limit_batches}"]
     if args.resume is not None:
         if args.config is not None:
             raise UsageError("--resume continues a run with its own config.yaml; drop -c")
         result: dict[str, Any] = resume(
-            args.resume, overrides=args.overrides, progress=not args.quiet
+            args.resume, overrides=[*limit, *args.overrides], progress=not args.quiet
         )
         return result
     if args.config is None:
         raise UsageError("give a config: normlab train -c CONFIG (see `normlab list configs`)")
-    config = load_config(args.config, args.overrides)
+    if limit:
+        limit.insert(0, "train.epochs=1")  # a dry run, unless --set train.epochs=... says more
+    config = load_config(args.config, [*limit, *args.overrides])
     if args.print_config:
         print(config_to_yaml(config), end="")
         return None
@@ -302,6 +307,11 @@ def _add_training_commands(sub: Any, overrides: argparse.ArgumentParser) -> None
     tr.add_argument("-c", "--config", help="YAML file or shipped config name")
     tr.add_argument("--resume", metavar="RUN", help="continue a run folder or checkpoint")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar (for CI)")
+    tr.add_argument(
+        "--limit-batches", type=int, metavar="N",
+        help="dry run: N training and N evaluation batches per epoch, 1 epoch unless "
+        "--set train.epochs=... (train.limit_batches)",
+    )
     tr.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )

@@ -138,13 +138,17 @@ def test_evaluate_run_with_recomputed_stats(tiny_config, tmp_path):
     assert 0 <= again["recomputed"]["test_acc"] <= 100
 
 
-def test_cuda_only_flags_are_no_ops_on_cpu(tiny_config, tmp_path):
+def test_channels_last_is_a_no_op_on_cpu_and_bf16_autocast_is_not(tiny_config, tmp_path):
     train(tiny_config(run={"name": "plain"}), builders=tiny_builders(), log=None)
-    flags = {"amp": "bf16", "channels_last": True}
+    flags = {"channels_last": True}
     train(tiny_config(run={"name": "flags"}, train=flags), builders=tiny_builders(), log=None)
-    _assert_same(
-        _weights(tmp_path / "runs/plain/last.pt"), _weights(tmp_path / "runs/flags/last.pt")
-    )
+    plain = _weights(tmp_path / "runs/plain/last.pt")
+    _assert_same(plain, _weights(tmp_path / "runs/flags/last.pt"))
+    train(tiny_config(run={"name": "bf16"}, train={"amp": "bf16"}), builders=tiny_builders(),
+          log=None)
+    bf16 = _weights(tmp_path / "runs/bf16/last.pt")
+    assert not torch.equal(plain["conv.weight"], bf16["conv.weight"])
+    torch.testing.assert_close(plain["conv.weight"], bf16["conv.weight"], atol=0.05, rtol=0)
 
 
 def test_gradient_clipping_changes_the_update(tiny_config, tmp_path):

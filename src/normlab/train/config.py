@@ -95,7 +95,7 @@ __all__ = [
 
 
 AmpMode = Literal["none", "bf16"]
-"""``train.amp``: no autocast, or bfloat16 autocast (CUDA)."""
+"""``train.amp``: no autocast, or bfloat16 autocast (CUDA or CPU)."""
 ScheduleName = Literal["multistep", "cosine", "constant"]
 """``schedule.name``: the learning-rate schedules of :class:`~normlab.train.LRSchedule`."""
 OptimName = Literal["sgd"]
@@ -440,7 +440,8 @@ class TrainConfig(_Section):
         epochs: Number of training epochs.
         seed: Seed of python, numpy and torch random generators and of data shuffling.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        amp: ``none`` or ``bf16`` (bfloat16 autocast; CUDA only, a no-op on CPU).
+        amp: ``none`` or ``bf16``: bfloat16 autocast of the forward passes (training and
+            evaluation) on the training device, CUDA or CPU.
         channels_last: Use channels-last memory format (CUDA only, a no-op on CPU).
         compile: Wrap the model in ``torch.compile``.
         deterministic: Ask torch for deterministic algorithms (slower on CUDA).
@@ -450,6 +451,13 @@ class TrainConfig(_Section):
         sync_stats: With several training processes (torchrun), pool the batch
             statistics of BN, IEBN, SN and BIN over all of them (:func:`normlab.to_sync`);
             false keeps per-process statistics, as the papers' multi-GPU runs did.
+        accumulate_steps: Split every batch into this many micro-batches and accumulate
+            their gradients into one optimizer step. The gradient is that of the whole
+            batch, but batch-statistics norms (BN, IEBN, SN's BN part, BIN) see only a
+            micro-batch: this sets the SN paper's (GPUs, samples per GPU) axis, e.g. a
+            batch of 256 with ``accumulate_steps=8`` normalizes over 32 samples.
+        limit_batches: Train and evaluate only this many batches per epoch (a dry run of
+            a recipe, ``normlab train --limit-batches N``); ``None``: whole epochs.
     """
 
     KEY: ClassVar[str] = "train"
@@ -464,6 +472,8 @@ class TrainConfig(_Section):
     label_smoothing: Fraction = 0.0
     num_threads: PositiveInt | None = None
     sync_stats: bool = True
+    accumulate_steps: PositiveInt = 1
+    limit_batches: PositiveInt | None = None
 
 
 @dataclass
@@ -476,6 +486,9 @@ class RunConfig(_Section):
         save_best: Also keep ``best.pt`` (the checkpoint of the best test accuracy).
         tensorboard: Write TensorBoard scalars (needs the ``tensorboard`` package).
         progress: Show a progress bar with ETA (``--quiet`` turns it off).
+        checkpoint_every: Also write ``last.pt`` every this many optimizer steps inside an
+            epoch, so ``--resume`` continues from the next unseen batch; ``None``: only
+            at the end of epochs.
     """
 
     KEY: ClassVar[str] = "run"
@@ -485,6 +498,7 @@ class RunConfig(_Section):
     save_best: bool = True
     tensorboard: bool = False
     progress: bool = True
+    checkpoint_every: PositiveInt | None = None
 
 
 @dataclass

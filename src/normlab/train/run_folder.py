@@ -7,7 +7,8 @@ Layout of a run folder::
       config.yaml     the resolved config (what ``normlab train --resume RUN`` uses)
       metrics.jsonl   one JSON row per finished epoch
       summary.json    status, final/best accuracy, time, environment
-      last.pt         the state after the most recent finished epoch (it also holds its row)
+      last.pt         the state after the most recent finished epoch (it also holds its row),
+                      or after a step inside the next one (``run.checkpoint_every``)
       prev.pt         the ``last.pt`` it replaced (the fallback if ``last.pt`` is damaged)
       best.pt         a copy of ``last.pt`` of the epoch with the best test accuracy
 
@@ -19,7 +20,9 @@ A write that fails (disk full, read-only folder) raises :class:`FolderWriteError
 :meth:`RunFolder.commit_epoch` writes an epoch's four files in the order ``last.pt``,
 ``best.pt``, ``metrics.jsonl``, ``summary.json``: after a kill at any point each file is either
 up to date or one step behind ``last.pt``, never ahead of it, and :meth:`RunFolder.recover`
-brings the lagging ones back in line before a run resumes. Checkpoints hold only tensors and
+brings the lagging ones back in line before a run resumes. A checkpoint inside an epoch
+(:meth:`RunFolder.commit_step`) writes ``last.pt`` then ``summary.json`` and no metrics row:
+rows are written per finished epoch only. Checkpoints hold only tensors and
 plain python values and load with ``torch.load(weights_only=True)``.
 """
 
@@ -212,7 +215,7 @@ def _fallback_hint(path: Path) -> str:
     if path.name == LAST and prev.is_file():
         return (
             f" The previous checkpoint is kept: resume from it with "
-            f"`normlab train --resume {prev}` (it is one epoch older)."
+            f"`normlab train --resume {prev}` (it is the checkpoint before it)."
         )
     return ""
 
@@ -366,6 +369,10 @@ class FolderLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
+
+
+def _position(epoch: int, step: int) -> str:
+    return f"epoch {epoch}" + (f", step {step} of epoch {epoch + 1}" if step else "")
 
 
 def _exists_message(folder: Path) -> str:
@@ -526,6 +533,18 @@ class RunFolder:
         self.append_metrics(row)
         self.write_summary(summary)
 
+    def commit_step(self, state: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Record a checkpoint inside an epoch: ``last.pt`` (``state`` holds the ``step``
+        and the epoch's progress), then ``summary.json``; ``best.pt`` and the metrics rows,
+        which are per finished epoch, stay as they are.
+
+        Raises:
+            FolderWriteError: A file cannot be written (``last.pt`` is the old one, or the
+                summary lags one step behind it).
+        """
+        save_checkpoint(state, self.path)
+        self.write_summary(summary)
+
     def recover(self, checkpoint: str | Path = LAST) -> list[str]:
         """Bring the folder's files in line with ``checkpoint`` before a run resumes from it.
 
@@ -575,19 +594,26 @@ class RunFolder:
         if kept != rows or torn:
             self.write_metrics(kept)
         repairs += self._recover_best(ckpt, epoch, source)
-        summary = self.read_summary()
-        done = summary.get("epochs_done")
-        if isinstance(done, int) and done > epoch:
-            summary.update(
-                status="interrupted",
-                epochs_done=epoch,
-                message=f"{SUMMARY} claimed epoch {done} but {source.name} holds epoch {epoch}",
-            )
-            self.write_summary(summary)
-            repairs.append(
-                f"{SUMMARY}: claimed epoch {done}, {source.name} holds {epoch}; corrected"
-            )
+        repairs += self._recover_summary(epoch, int(ckpt.get("step") or 0), source)
         return repairs
+
+    def _recover_summary(self, epoch: int, step: int, source: Path) -> list[str]:
+        """Correct a summary that claims more epochs (or steps) than the checkpoint holds."""
+        summary = self.read_summary()
+        done, steps = summary.get("epochs_done"), summary.get("steps_done_in_epoch") or 0
+        if not isinstance(done, int) or not isinstance(steps, int) or (done, steps) <= (
+            epoch, step
+        ):
+            return []
+        claimed, holds = _position(done, steps), _position(epoch, step)
+        summary.update(
+            status="interrupted",
+            epochs_done=epoch,
+            steps_done_in_epoch=step,
+            message=f"{SUMMARY} claimed {claimed} but {source.name} holds {holds}",
+        )
+        self.write_summary(summary)
+        return [f"{SUMMARY}: claimed {claimed}, {source.name} holds {holds}; corrected"]
 
     def _recover_best(self, ckpt: dict[str, Any], epoch: int, source: Path) -> list[str]:
         if not ckpt.get("best") or ckpt.get("best_epoch", epoch) != epoch:

@@ -16,6 +16,15 @@ function of the epoch. So on CPU, 2 epochs straight and 1 + resume + 1 give bit-
 weights, and a run that crashed mid-epoch resumes from its last finished epoch as if
 nothing had happened.
 
+With ``run.checkpoint_every`` (steps), ``last.pt`` is also written inside an epoch: it then
+holds the step, the training loader's position (:class:`~normlab.data.EpochLoader`), the
+training metric's totals so far and the epoch's throughput counters
+(:class:`~normlab.train.engine.EpochProgress`), and ``--resume`` continues from the next
+unseen batch -- on CPU with the same weights and metrics rows, bit for bit, as a run that
+was never interrupted. ``metrics.jsonl`` still gets one row per finished epoch; the summary
+says how many epochs are done and how many steps of the next one ``last.pt`` holds
+(``steps_done_in_epoch``).
+
 What is trained is the config's ``task`` (:mod:`normlab.train.task`); the runner never
 looks inside a batch.
 """
@@ -37,7 +46,7 @@ from normlab.distributed import to_sync
 from normlab.norms import post_step
 from normlab.train import factory
 from normlab.train.config import Config, config_to_dict, config_to_yaml, load_config
-from normlab.train.engine import StepCallback, Trainer
+from normlab.train.engine import EpochProgress, StepCallback, Trainer, loader_position
 from normlab.train.errors import CheckpointError, ConfigError, NonFiniteLossError
 from normlab.train.parallel import Parallel, ShardedLoader, from_environment
 from normlab.train.records import TensorBoardLog, environment
@@ -171,22 +180,51 @@ def _on_main(parallel: Parallel, make: Callable[[], Any]) -> Any:
     return value
 
 
+def _shard(loader: Any, parallel: Parallel) -> Any:
+    """This process's loader: the loader's own ``shard(rank, world_size)`` when it has one
+    (e.g. a streaming loader that reads only its share), else a :class:`ShardedLoader`."""
+    if hasattr(loader, "shard"):
+        return loader.shard(parallel.rank, parallel.world_size)
+    return ShardedLoader(loader, parallel)
+
+
 def _shard_loaders(
     loaders: factory.Loaders, config: Config, parallel: Parallel
 ) -> factory.Loaders:
+    batch, parts = config.data.batch_size, config.train.accumulate_steps
+    if batch % (parallel.world_size * parts):
+        processes = f" over {parallel.world_size} processes" if parallel.enabled else ""
+        micro = f" x {parts} micro-batches (train.accumulate_steps)" if parts > 1 else ""
+        raise ConfigError(
+            f"data.batch_size {batch} (the global batch) does not split evenly{processes}"
+            f"{micro}; use a multiple of {parallel.world_size * parts}"
+        )
     if not parallel.enabled:
         return loaders
-    batch = config.data.batch_size
-    if batch % parallel.world_size:
-        raise ConfigError(
-            f"data.batch_size {batch} (the global batch) does not split evenly over "
-            f"{parallel.world_size} processes; use a multiple of {parallel.world_size}"
-        )
     return dataclasses.replace(
-        loaders,
-        train=ShardedLoader(loaders.train, parallel),
-        test=ShardedLoader(loaders.test, parallel),
+        loaders, train=_shard(loaders.train, parallel), test=_shard(loaders.test, parallel)
     )
+
+
+def _check_checkpoint_every(config: Config, loader: Any, task: Task, device: torch.device) -> None:
+    """Refuse ``run.checkpoint_every`` when the run could not continue inside an epoch.
+
+    Raises:
+        ConfigError: The training loader keeps no position inside an epoch, or the task's
+            training metric cannot save its state.
+    """
+    if config.run.checkpoint_every is None:
+        return
+    if loader_position(loader) is None:
+        raise ConfigError(
+            f"run.checkpoint_every needs a training loader that keeps its position inside "
+            f"an epoch (normlab.data.EpochLoader); {type(loader).__name__} does not: set "
+            "run.checkpoint_every=null"
+        )
+    try:
+        task.train_metric(device).state_dict()
+    except NotImplementedError as exc:
+        raise ConfigError(f"run.checkpoint_every: {exc}") from None
 
 
 class _Run:
@@ -215,6 +253,7 @@ class _Run:
         self.task = get_task(cfg.task).from_config(cfg)
         self.device, loaders, model = build_setup(cfg, builders, device, self.task)
         self.loaders = _shard_loaders(loaders, cfg, self.parallel)
+        _check_checkpoint_every(cfg, self.loaders.train, self.task, self.device)
         if self.parallel.enabled and cfg.train.sync_stats:
             to_sync(model)
         self.model = model
@@ -234,8 +273,13 @@ class _Run:
             callbacks=callbacks,
             progress=progress,
             parallel=self.parallel,
+            accumulate_steps=cfg.train.accumulate_steps,
+            limit_batches=cfg.train.limit_batches,
+            checkpoint_every=cfg.run.checkpoint_every,
+            on_checkpoint=self.checkpoint_inside,
         )
         self.epoch = 0
+        self.inside: EpochProgress | None = None
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.elapsed = 0.0
@@ -252,6 +296,8 @@ class _Run:
         if ckpt.get("loader") is not None:
             self.loaders.train.load_state_dict(ckpt["loader"])
         self.epoch = int(ckpt["epoch"])
+        progress = ckpt.get("progress")
+        self.inside = None if progress is None else EpochProgress.from_state(progress)
         best = ckpt.get("best_value", ckpt.get("best_acc"))
         self.best = None if best is None or math.isinf(best) else float(best)
         self.best_epoch = ckpt["best_epoch"]
@@ -273,7 +319,27 @@ class _Run:
             "best_epoch": self.best_epoch,
             "elapsed_s": self.elapsed,
             "config": config_to_dict(self.config),
+            "step": 0,
+            "progress": None,
         }
+
+    def position(self) -> str:
+        """What ``last.pt`` holds: ``epoch E`` or ``epoch E, step S of epoch E + 1``."""
+        if self.inside is None:
+            return f"epoch {self.epoch}"
+        return f"epoch {self.epoch}, step {self.inside.step} of epoch {self.epoch + 1}"
+
+    def checkpoint_inside(self, progress: EpochProgress) -> None:
+        """Write ``last.pt`` (and the summary) inside an epoch, after ``progress.step`` steps."""
+        self.inside = progress
+        if self.parallel.is_main:
+            state = {
+                **self.state(),
+                "step": progress.step,
+                "progress": progress.state_dict(),
+                "row": self.last_row or None,
+            }
+            self.folder.commit_step(state, self.summary("running"))
 
     def summary(self, status: str, message: str = "") -> dict[str, Any]:
         cfg = self.config
@@ -281,10 +347,12 @@ class _Run:
             "status": status,
             "message": message,
             "epochs_done": self.epoch,
+            "steps_done_in_epoch": 0 if self.inside is None else self.inside.step,
             "epochs": cfg.train.epochs,
+            "limit_batches": cfg.train.limit_batches,
             **self.task.summary(self.last_row, self.best),
             "best_epoch": self.best_epoch,
-            "time_s": self.elapsed,
+            "time_s": self.elapsed + (0.0 if self.inside is None else self.inside.train_time_s),
             "num_params": sum(p.numel() for p in self.model.parameters()),
             "task": cfg.task,
             "model": cfg.model.name,
@@ -304,6 +372,7 @@ class _Run:
     def commit(self, row: dict[str, Any]) -> None:
         """Count a finished, finite epoch and record it in the run folder."""
         self.epoch += 1
+        self.inside = None
         self.elapsed += row["time_s"]
         is_best = self.task.is_better(row[self.task.monitor], self.best)
         if is_best:
@@ -321,16 +390,20 @@ class _Run:
         cfg = self.config
         main = self.parallel.is_main
         tensorboard = TensorBoardLog(self.folder.path, cfg.run.tensorboard and main)
+        limit = cfg.train.limit_batches
+        limited = "" if limit is None else (
+            f"  [limited: {limit} training and {limit} evaluation batches per epoch]"
+        )
         try:
             while self.epoch < cfg.train.epochs:
-                row = self.trainer.run_epoch(self.loaders, self.epoch)
+                row = self.trainer.run_epoch(self.loaders, self.epoch, resume=self.inside)
                 self.commit(row)
                 tensorboard.log(row)
-                self.log(self.task.epoch_line(row, cfg.train.epochs, self.best))
+                self.log(self.task.epoch_line(row, cfg.train.epochs, self.best) + limited)
         except NonFiniteLossError as exc:
             last = self.folder.checkpoint_path(LAST)
             kept = (
-                f" The last good checkpoint is {last} (epoch {self.epoch})."
+                f" The last good checkpoint is {last} ({self.position()})."
                 if last.is_file()
                 else " No epoch finished, so there is no checkpoint."
             )
@@ -342,8 +415,8 @@ class _Run:
         except BaseException as exc:
             self.write_summary("interrupted", f"{type(exc).__name__}: {exc}")
             self.log(
-                f"stopped in epoch {self.epoch + 1} ({type(exc).__name__}); continue with "
-                f"`normlab train --resume {self.folder.path}`"
+                f"stopped in epoch {self.epoch + 1} ({type(exc).__name__}); last.pt holds "
+                f"{self.position()}; continue with `normlab train --resume {self.folder.path}`"
             )
             raise
         finally:
@@ -450,8 +523,8 @@ def resume(
         run = _Run(config, folder, builders, callbacks, progress, log, joined)
         run.restore(ckpt, ckpt_path)
         run.write_config()
-        run.log(f"resumed {folder.path} from {ckpt_path.name} at epoch "
-                f"{run.epoch}/{config.train.epochs}")
+        run.log(f"resumed {folder.path} from {ckpt_path.name} at {run.position()} "
+                f"(of {config.train.epochs} epochs)")
         return run.fit()
     finally:
         if parallel.is_main:

@@ -41,7 +41,7 @@ from torch import nn
 from normlab.train.config import Config, DataConfig, ModelConfig
 from normlab.train.errors import ConfigError
 from normlab.train.factory import Loaders
-from normlab.train.parallel import Parallel
+from normlab.train.parallel import SINGLE, Parallel
 
 __all__ = [
     "Forward",
@@ -74,7 +74,11 @@ class StepResult:
 
 
 class Metric(ABC):
-    """Accumulates over this process's batches; :meth:`compute` reduces over processes."""
+    """Accumulates over this process's batches; :meth:`compute` reduces over processes.
+
+    A training metric saved inside an epoch (``run.checkpoint_every``) also implements
+    :meth:`state_dict` and :meth:`load_state_dict`.
+    """
 
     @abstractmethod
     def update(self, batch: Any, output: Any) -> None:
@@ -83,6 +87,26 @@ class Metric(ABC):
     @abstractmethod
     def compute(self, parallel: Parallel) -> dict[str, float]:
         """The metrics of every process's batches together (the same on every process)."""
+
+    def state_dict(self, parallel: Parallel = SINGLE) -> dict[str, Any]:
+        """What every process has accumulated so far, for a checkpoint inside an epoch
+        (a collective: every process calls it).
+
+        Raises:
+            NotImplementedError: The metric cannot be saved (the default).
+        """
+        del parallel
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot save its state inside an epoch; set "
+            "run.checkpoint_every=null"
+        )
+
+    def load_state_dict(self, state: dict[str, Any], parallel: Parallel = SINGLE) -> None:
+        """Continue from :meth:`state_dict`'s result: the main process takes the saved
+        totals of every process, the others start empty, so :meth:`compute` counts every
+        batch once."""
+        del state, parallel
+        raise NotImplementedError(f"{type(self).__name__} cannot load a state")
 
 
 class SumMetric(Metric):
@@ -108,6 +132,19 @@ class SumMetric(Metric):
         totals = parallel.sum(*self.states.values())
         return self.finish(dict(zip(self.states, totals)))
 
+    def state_dict(self, parallel: Parallel = SINGLE) -> dict[str, Any]:
+        totals = parallel.sum(*self.states.values())
+        return {key: total.detach().clone() for key, total in zip(self.states, totals)}
+
+    def load_state_dict(self, state: dict[str, Any], parallel: Parallel = SINGLE) -> None:
+        if set(state) != set(self.states):
+            raise ValueError(
+                f"metric state has {sorted(state)}, {type(self).__name__} keeps "
+                f"{sorted(self.states)}"
+            )
+        for key, value in self.states.items():
+            value.copy_(state[key] if parallel.is_main else torch.zeros_like(value))
+
     @abstractmethod
     def finish(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         """The metrics from the states summed over processes."""
@@ -124,13 +161,23 @@ class GatherMetric(Metric):
     def __init__(self) -> None:
         self.records: list[Any] = []
 
+    def _all_records(self, parallel: Parallel) -> list[Any]:
+        if not parallel.enabled:
+            return self.records
+        parts: list[Any] = [None] * parallel.world_size
+        dist.all_gather_object(parts, self.records)
+        return [record for part in parts for record in part]
+
     def compute(self, parallel: Parallel) -> dict[str, float]:
-        records = self.records
-        if parallel.enabled:
-            parts: list[Any] = [None] * parallel.world_size
-            dist.all_gather_object(parts, records)
-            records = [record for part in parts for record in part]
-        return self.score(records)
+        return self.score(self._all_records(parallel))
+
+    def state_dict(self, parallel: Parallel = SINGLE) -> dict[str, Any]:
+        """Every process's records (they must be plain values and tensors to be saved in
+        a checkpoint, which loads with ``weights_only=True``)."""
+        return {"records": list(self._all_records(parallel))}
+
+    def load_state_dict(self, state: dict[str, Any], parallel: Parallel = SINGLE) -> None:
+        self.records = list(state["records"]) if parallel.is_main else []
 
     @abstractmethod
     def score(self, records: list[Any]) -> dict[str, float]:
@@ -186,7 +233,44 @@ class Task(ABC):
 
     @abstractmethod
     def training_step(self, forward: Forward, batch: Any) -> StepResult:
-        """The loss of one training batch (runs under the engine's autocast)."""
+        """The loss of one training batch (runs under the engine's autocast).
+
+        With gradient accumulation the batch is a micro-batch (:meth:`split_batch`); the
+        loss should be its mean over samples, which the engine weights by the micro-batch's
+        share of the batch.
+        """
+
+    def batch_size(self, batch: Any) -> int:
+        """Number of samples in ``batch``: the first axis of its first tensor (a tensor, or
+        the first tensor of a tuple, list or dict); for throughput and micro-batch weights."""
+        tensor = _first_tensor(batch)
+        if tensor is None:
+            raise TypeError(
+                f"cannot tell the size of a {type(batch).__name__} batch; override "
+                f"{type(self).__name__}.batch_size"
+            )
+        return int(tensor.shape[0])
+
+    def split_batch(self, batch: Any, parts: int) -> list[Any]:
+        """``batch`` split into ``parts`` micro-batches along the first axis
+        (``torch.tensor_split`` of a tensor, or of every tensor of a tuple or list, other
+        items repeated), for gradient accumulation (``train.accumulate_steps``).
+
+        Raises:
+            TypeError: The batch is neither a tensor nor a tuple or list (override this).
+        """
+        if isinstance(batch, torch.Tensor):
+            return list(batch.tensor_split(parts))
+        if not isinstance(batch, (tuple, list)):
+            raise TypeError(
+                f"cannot split a {type(batch).__name__} batch into micro-batches; override "
+                f"{type(self).__name__}.split_batch"
+            )
+        columns = [
+            item.tensor_split(parts) if isinstance(item, torch.Tensor) else [item] * parts
+            for item in batch
+        ]
+        return [list(row) if isinstance(batch, list) else tuple(row) for row in zip(*columns)]
 
     @abstractmethod
     def train_metric(self, device: torch.device) -> Metric:
@@ -218,6 +302,19 @@ class Task(ABC):
             and isinstance(v, float)
         )
         return f"epoch {row['epoch']}/{epochs}  {values}  (best {best})  {row['time_s']:.1f}s"
+
+
+def _first_tensor(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (tuple, list)):
+        for item in batch:
+            tensor = _first_tensor(item)
+            if tensor is not None:
+                return tensor
+    return None
 
 
 TaskType = TypeVar("TaskType", bound=type[Task])
