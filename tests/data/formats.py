@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,31 @@ def write_mnist_folder(
         write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, compress)
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     return arrays
+
+
+def write_jpeg_folder(
+    folder: Path, classes: list[str], per_class: int = 3, size: tuple[int, int] = (12, 16),
+    seed: int = 0,
+) -> list[Path]:
+    """Write random JPEGs (height, width = ``size``) to folder/<class>/img<i>.JPEG and set
+    every folder's modification time a minute back (an index cache trusts old folders
+    only); return the files in index order."""
+    from PIL import Image  # optional dependency: Pillow
+
+    rng = np.random.default_rng(seed)
+    files = []
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            files.append(folder / name / f"img{i}.JPEG")
+            Image.fromarray(pixels).save(files[-1], quality=90)
+    age_folders(folder.parent)
+    return files
+
+
+def age_folders(root: Path, seconds: float = 60.0) -> None:
+    """Set the modification time of ``root`` and every folder below it ``seconds`` back."""
+    stamp = time.time() - seconds
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        os.utime(folder, (stamp, stamp))

@@ -12,14 +12,18 @@ Example:
 
 from .augment import crop_flip, draw_crop_flip
 from .cifar import CIFAR10_STATS, CIFAR100_STATS, read_cifar10, read_cifar100
+from .decode import decode_image
 from .digits import DIGITS_SPLITS, digits_split_indices, load_digits_data
 from .errors import CorruptDatasetError, DatasetError, MissingDatasetError
+from .folder_index import FolderIndex, index_image_folder
 from .image_data import ImageData, channel_stats
 from .image_folder import IMAGENET_STATS, read_image_folder
 from .loader import DeviceLoader, Normalizer
 from .mixing import MixedLoader, count_primary_correct, mixed_num_classes, primary_logits
 from .mnist import FASHION_MNIST_STATS, MNIST_STATS, read_fashion_mnist, read_idx, read_mnist
-from .registry import DatasetInfo, create_dataset, dataset_info, list_datasets
+from .registry import DatasetInfo, create_dataset, create_source, dataset_info, list_datasets
+from .sample_folder import write_sample_folder
+from .streaming import SampleSource, StreamingLoader
 from .styles import SEEN_STYLES, UNSEEN_STYLES, StyleSet, render_styles
 from .synthetic import SYNTHETIC_SPLITS, make_synthetic
 from .transforms import resize, resize_images, with_channels
@@ -38,18 +42,24 @@ __all__ = [
     "DatasetError",
     "DatasetInfo",
     "DeviceLoader",
+    "FolderIndex",
     "ImageData",
     "MissingDatasetError",
     "MixedLoader",
     "Normalizer",
+    "SampleSource",
+    "StreamingLoader",
     "StyleSet",
     "channel_stats",
     "count_primary_correct",
     "create_dataset",
+    "create_source",
     "crop_flip",
     "dataset_info",
+    "decode_image",
     "digits_split_indices",
     "draw_crop_flip",
+    "index_image_folder",
     "list_datasets",
     "load_digits_data",
     "make_synthetic",
@@ -65,4 +75,5 @@ __all__ = [
     "resize",
     "resize_images",
     "with_channels",
+    "write_sample_folder",
 ]

@@ -14,18 +14,25 @@ Pillow is needed (``pip install normlab[images]``) and imported only when this r
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from .decode import import_pillow, pillow_errors
 from .errors import CorruptDatasetError, MissingDatasetError
 from .image_data import ImageData
 
-__all__ = ["read_image_folder", "IMAGE_EXTENSIONS", "IMAGENET_STATS"]
+__all__ = [
+    "read_image_folder",
+    "ClassLayout",
+    "class_layout",
+    "no_images_error",
+    "IMAGE_EXTENSIONS",
+    "IMAGENET_STATS",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 """File endings (case-insensitive) read as images; other files in class folders are skipped."""
@@ -36,16 +43,6 @@ TRAIN_SPLIT = "train"
 """The split whose class folders name the classes of every other split of a data set."""
 
 _HINT = "Pass the folder that holds one sub-folder of images per class as root"
-
-
-def _import_pillow() -> tuple[Any, Any]:
-    try:
-        from PIL import Image, ImageOps  # optional dependency: Pillow
-    except ImportError as error:
-        raise ImportError(
-            "reading image folders needs Pillow; install it with `pip install normlab[images]`"
-        ) from error
-    return Image, ImageOps
 
 
 def _subfolders(folder: Path) -> list[str]:
@@ -80,43 +77,83 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
-    image_module, image_ops = _import_pillow()
-    bombs = (image_module.DecompressionBombError, image_module.DecompressionBombWarning)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", image_module.DecompressionBombWarning)
-            with image_module.open(path) as image:
-                fitted = image_ops.fit(
-                    image.convert(mode), (size, size), method=image_module.Resampling.BILINEAR
-                )
-    except bombs as error:
-        raise CorruptDatasetError(
-            path,
-            f"refused a possible decompression bomb ({error})".replace("\n", " "),
-            "Remove the file, or shrink the image",
-        ) from error
-    except OSError as error:
-        raise CorruptDatasetError(
-            path, f"cannot decode the image ({error})", "Remove or replace the file"
-        ) from error
+    image_module, image_ops = import_pillow()
+    with pillow_errors(path), image_module.open(path) as image:
+        fitted = image_ops.fit(
+            image.convert(mode), (size, size), method=image_module.Resampling.BILINEAR
+        )
     return np.asarray(fitted, dtype=np.uint8).reshape(size, size, -1)
 
 
 def _class_list(
     folder: Path, split: str, classes: Sequence[str] | None, found: list[str]
-) -> tuple[list[str], str]:
-    """The class names fixing the labels, and where they come from.
+) -> tuple[list[str], str, Path | None]:
+    """The class names fixing the labels, where they come from, and the sibling training
+    split folder when its listing named them.
 
     Given ``classes`` win; otherwise a split other than ``train`` takes the class folders
     of its sibling ``train`` split (when there is one), so that a split lacking a class
     keeps every other class's label.
     """
     if classes is not None:
-        return list(classes), "the given classes"
+        return list(classes), "the given classes", None
     train = folder.parent / TRAIN_SPLIT
     if split not in ("all", TRAIN_SPLIT) and train.is_dir():
-        return _subfolders(train), f"the training split {train}"
-    return found, str(folder)
+        return _subfolders(train), f"the training split {train}", train
+    return found, str(folder), None
+
+
+@dataclass(frozen=True)
+class ClassLayout:
+    """Where a split's images are and which classes label them.
+
+    Attributes:
+        folder: The folder holding one sub-folder per class.
+        classes: The class names fixing the labels (label ``k`` is ``classes[k]``).
+        found: The class sub-folders present in ``folder``, sorted.
+        listed: The folders whose listings decided ``classes`` and ``found`` (``folder``,
+            and the sibling training split when it named the classes).
+        name: The data set's name, ``imagefolder:<root name>/<domain>/<split>``.
+    """
+
+    name: str
+    folder: Path
+    classes: list[str]
+    found: list[str]
+    listed: tuple[Path, ...]
+
+
+def class_layout(
+    root: Path, split: str, domain: str | None, classes: Sequence[str] | None
+) -> ClassLayout:
+    """Resolve the folder of ``split`` (and ``domain``) under ``root`` and its classes, with
+    the rules of :func:`read_image_folder`.
+
+    Raises:
+        MissingDatasetError: If the domain or split folder is missing.
+        CorruptDatasetError: If a class sub-folder is not one of the classes.
+    """
+    folder = _resolve_folder(root, split, domain)
+    found = _subfolders(folder)
+    names, source, train = _class_list(folder, split, classes, found)
+    unknown = [name for name in found if name not in names]
+    if unknown:
+        raise CorruptDatasetError(
+            folder / unknown[0],
+            f"class folder {unknown[0]!r} is not one of the {len(names)} classes of "
+            f"{source} ({', '.join(names)})",
+            "Remove the folder, or add the class to the training split",
+        )
+    parts = [p for p in (root.name, domain, None if split == "all" else split) if p]
+    listed = (folder,) if train is None else (folder, train)
+    return ClassLayout("imagefolder:" + "/".join(parts), folder, names, found, listed)
+
+
+def no_images_error(folder: Path) -> MissingDatasetError:
+    """The error for a split folder whose class sub-folders hold no images."""
+    return MissingDatasetError(
+        folder, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders", _HINT
+    )
 
 
 def read_image_folder(
@@ -165,24 +202,15 @@ def read_image_folder(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     root = Path(root)
-    folder = _resolve_folder(root, split, domain)
-    found = _subfolders(folder)
-    names, source = _class_list(folder, split, classes, found)
-    unknown = [name for name in found if name not in names]
-    if unknown:
-        raise CorruptDatasetError(
-            folder / unknown[0],
-            f"class folder {unknown[0]!r} is not one of the {len(names)} classes of "
-            f"{source} ({', '.join(names)})",
-            "Remove the folder, or add the class to the training split",
-        )
+    layout = class_layout(root, split, domain, classes)
+    names = layout.classes
     files = [
-        (path, label) for label, name in enumerate(names) for path in _image_files(folder / name)
+        (path, label)
+        for label, name in enumerate(names)
+        for path in _image_files(layout.folder / name)
     ]
     if not files:
-        raise MissingDatasetError(
-            folder, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders", _HINT
-        )
+        raise no_images_error(layout.folder)
     mode = "RGB" if channels == 3 else "L"
     images = np.stack([_load_image(path, size, mode) for path, _ in files])
     default_mean: tuple[float, ...]
@@ -190,7 +218,6 @@ def read_image_folder(
     default_mean, default_std = IMAGENET_STATS
     if channels == 1:
         default_mean, default_std = (sum(default_mean) / 3,), (sum(default_std) / 3,)
-    parts = [p for p in (root.name, domain, None if split == "all" else split) if p]
     return ImageData(
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         labels=torch.tensor([label for _, label in files], dtype=torch.int64),
@@ -198,5 +225,5 @@ def read_image_folder(
         classes=names,
         mean=tuple(mean) if mean is not None else default_mean,
         std=tuple(std) if std is not None else default_std,
-        name="imagefolder:" + "/".join(parts),
+        name=layout.name,
     )

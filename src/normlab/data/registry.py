@@ -12,6 +12,11 @@ Names, whether they read from ``root``, their splits and their reader options:
   ``size``, ``seed``.
 - ``synthetic`` (built in): train, test; ``num_classes``, ``size``, ``channels``,
   ``train_size``, ``test_size``, ``noise``, ``seed``.
+
+Data sets with a ``source`` can also be streamed from disk (:func:`create_source`, for
+:class:`~normlab.data.streaming.StreamingLoader`): ``imagefolder``
+(:func:`~normlab.data.folder_index.index_image_folder`: ``domain``, ``classes``,
+``cache_dir``, ``on_bad_file``).
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from pathlib import Path
 
 from .cifar import read_cifar10, read_cifar100
 from .digits import DIGITS_SPLITS, load_digits_data
+from .folder_index import index_image_folder
 from .image_data import ImageData
 from .image_folder import read_image_folder
 from .mnist import read_fashion_mnist, read_mnist
+from .streaming import SampleSource
 from .synthetic import SYNTHETIC_SPLITS, make_synthetic
 
-__all__ = ["DatasetInfo", "create_dataset", "list_datasets", "dataset_info"]
+__all__ = ["DatasetInfo", "create_dataset", "create_source", "list_datasets", "dataset_info"]
 
 _TRAIN_TEST = ("train", "test")
 
@@ -44,6 +51,8 @@ class DatasetInfo:
         needs_root: Whether the data are read from a local path.
         splits: Valid split names; ``None`` when any sub-folder name is valid.
         description: One line for listings.
+        source: The function indexing it for streaming, called as
+            ``source(root, split, **options)``; ``None`` when it is only read into memory.
     """
 
     name: str
@@ -51,12 +60,22 @@ class DatasetInfo:
     needs_root: bool
     splits: tuple[str, ...] | None
     description: str
+    source: Callable[..., SampleSource] | None = None
 
     @property
     def options(self) -> tuple[str, ...]:
         """Keyword options the reader accepts besides root and split."""
-        parameters = inspect.signature(self.reader).parameters.values()
-        return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        return _keyword_options(self.reader)
+
+    @property
+    def source_options(self) -> tuple[str, ...]:
+        """Keyword options the source accepts besides root and split."""
+        return _keyword_options(self.source) if self.source is not None else ()
+
+
+def _keyword_options(function: Callable[..., object]) -> tuple[str, ...]:
+    parameters = inspect.signature(function).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 _DATASETS = {
@@ -69,7 +88,12 @@ _DATASETS = {
             "fashion_mnist", read_fashion_mnist, True, _TRAIN_TEST, "Fashion-MNIST idx files"
         ),
         DatasetInfo(
-            "imagefolder", read_image_folder, True, None, "class-per-folder images (Pillow)"
+            "imagefolder",
+            read_image_folder,
+            True,
+            None,
+            "class-per-folder images (Pillow)",
+            source=index_image_folder,
         ),
         DatasetInfo(
             "digits", load_digits_data, False, DIGITS_SPLITS, "built-in scikit-learn digits"
@@ -98,6 +122,18 @@ def dataset_info(name: str) -> DatasetInfo:
     return _DATASETS[key]
 
 
+def _check_arguments(
+    info: DatasetInfo, split: str, options: dict[str, object], accepted: tuple[str, ...], kind: str
+) -> None:
+    """Refuse a split ``info`` does not have, or options outside ``accepted``."""
+    if info.splits is not None and split not in info.splits:
+        raise ValueError(f"unknown {info.name} split {split!r}; valid: {', '.join(info.splits)}")
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        valid = ", ".join(accepted) or "none"
+        raise ValueError(f"unknown {info.name} {kind}(s) {unknown}; valid: {valid}")
+
+
 def create_dataset(
     name: str, root: str | Path | None = None, split: str = "train", **options: object
 ) -> ImageData:
@@ -116,12 +152,7 @@ def create_dataset(
         MissingDatasetError, CorruptDatasetError: From the readers.
     """
     info = dataset_info(name)
-    if info.splits is not None and split not in info.splits:
-        raise ValueError(f"unknown {info.name} split {split!r}; valid: {', '.join(info.splits)}")
-    unknown = sorted(set(options) - set(info.options))
-    if unknown:
-        valid = ", ".join(info.options) or "none"
-        raise ValueError(f"unknown {info.name} option(s) {unknown}; valid: {valid}")
+    _check_arguments(info, split, options, info.options, "option")
     if info.needs_root:
         if root is None:
             raise ValueError(f"data set {info.name!r} is read from disk: pass root=<its folder>")
@@ -129,3 +160,31 @@ def create_dataset(
     if root is not None:
         raise ValueError(f"data set {info.name!r} is built in and takes no root (got {root!r})")
     return info.reader(split, **options)
+
+
+def create_source(
+    name: str, root: str | Path | None = None, split: str = "train", **options: object
+) -> SampleSource:
+    """Index a data set by name for streaming (:class:`~normlab.data.StreamingLoader`).
+
+    Args:
+        name: A data set with a source (see the module docstring).
+        root: Local path of the data.
+        split: Split name (a sub-folder name for image folders).
+        **options: Source options, e.g. ``cache_dir=...``, ``on_bad_file="skip"``.
+
+    Raises:
+        ValueError: For an unknown name, a data set that cannot be streamed, an unknown
+            option or a missing root.
+        MissingDatasetError, CorruptDatasetError: From the source.
+    """
+    info = dataset_info(name)
+    if info.source is None:
+        streamable = ", ".join(n for n in list_datasets() if _DATASETS[n].source is not None)
+        raise ValueError(
+            f"data set {info.name!r} is read into memory only; streamable: {streamable}"
+        )
+    _check_arguments(info, split, options, info.source_options, "source option")
+    if root is None:
+        raise ValueError(f"data set {info.name!r} is streamed from disk: pass root=<its folder>")
+    return info.source(root, split, **options)

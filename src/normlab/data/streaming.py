@@ -1,0 +1,317 @@
+"""Streaming batches from data on disk: :class:`SampleSource` and :class:`StreamingLoader`.
+
+For data sets too large for memory (ImageNet): a source knows its samples' labels and
+encoded bytes (an image folder, :func:`~normlab.data.folder_index.index_image_folder`, or
+WebDataset shards); the loader reads, decodes and augments each sample in
+``torch.utils.data.DataLoader`` worker processes, and normalizes whole batches on the device.
+
+Determinism: epoch ``e``'s order is a permutation drawn from
+``seeded_generator(seed, e)``, and every sample's augmentation runs under
+``torch.manual_seed`` of a seed derived from ``(seed, e, index)`` (through that epoch's
+generator), so a batch does not depend on the number of workers, on the number of training
+processes, or on where in the epoch a pass started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal, NamedTuple, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .decode import decode_image
+from .errors import CorruptDatasetError, DatasetError
+from .folder_index import SKIP_HINT
+from .loader import Batch, EpochLoader, Normalizer
+from .seeding import seeded_generator
+
+__all__ = ["SampleSource", "StreamingLoader", "Transform"]
+
+_EPOCH_KEYS = 2**62
+
+
+class SampleSource(Protocol):
+    """A streamed data set: labels and encoded files of samples ``0 .. len - 1``.
+
+    Implementations keep paths and labels in compact arrays (a few bytes per sample, never
+    a Python object per sample), since worker processes hold a copy.
+
+    Attributes:
+        name: Data set name.
+        classes: Class names; label ``k`` is ``classes[k]``.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int: ...
+
+    def label(self, i: int) -> int:
+        """Class index of sample ``i``."""
+        ...
+
+    def read(self, i: int) -> bytes:
+        """The encoded file of sample ``i`` (JPEG, PNG, ...)."""
+        ...
+
+    def describe(self, i: int) -> str:
+        """Where sample ``i`` lives, for messages (a path, or ``shard.tar:member``)."""
+        ...
+
+
+class Transform(Protocol):
+    """A per-sample transform: uint8 (C, H, W) -> uint8 (C, h, w), random from torch's
+    global generator, with the decode-size hint ``min_size`` (the shorter side the decoded
+    image must keep, or ``None``); the presets of :mod:`normlab.data.presets` are ones."""
+
+    min_size: int | None
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
+class _Bad(NamedTuple):
+    """A sample that could not be read or decoded, as a worker reports it."""
+
+    path: str
+    problem: str
+    hint: str
+
+
+_Sample = tuple[torch.Tensor, int] | _Bad
+_Collated = tuple[torch.Tensor | None, torch.Tensor, list[_Bad]]
+
+
+class _Samples(Dataset[_Sample]):
+    """Decodes and transforms one sample per key ``(epoch key, index)``; never raises for a
+    bad file (a worker traceback would end the run without naming it), returns a marker."""
+
+    def __init__(self, source: SampleSource, transform: Transform | None, channels: int) -> None:
+        self.source = source
+        self.transform = transform
+        self.channels = channels
+        self.min_size = getattr(transform, "min_size", None)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> _Sample:
+        epoch_key, index = key
+        try:
+            image = decode_image(
+                self.source.read(index),
+                channels=self.channels,
+                min_size=self.min_size,
+                name=self.source.describe(index),
+            )
+        except DatasetError as error:
+            return _Bad(str(error.path), error.problem, error.hint)
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seeded_generator(epoch_key, index).initial_seed())
+                image = self.transform(image)
+        return image, self.source.label(index)
+
+
+def _collate(samples: list[_Sample]) -> _Collated:
+    good = [s for s in samples if not isinstance(s, _Bad)]
+    bad = [s for s in samples if isinstance(s, _Bad)]
+    images = torch.stack([image for image, _ in good]) if good else None
+    return images, torch.tensor([label for _, label in good], dtype=torch.int64), bad
+
+
+class _Shares:
+    """Batch sampler: this process's contiguous share of each global batch of the epoch,
+    from batch ``start`` on, as keys ``(epoch key, index)``."""
+
+    def __init__(self, batch_size: int, batches: int, rank: int, world_size: int) -> None:
+        self.batch_size = batch_size
+        self.batches = batches
+        self.rank = rank
+        self.world_size = world_size
+        self.order = torch.zeros(0, dtype=torch.int64)
+        self.epoch_key = 0
+        self.start = 0
+
+    def __len__(self) -> int:
+        return self.batches - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for b in range(self.start, self.batches):
+            batch = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+            share = batch.tensor_split(self.world_size)[self.rank]
+            yield [(self.epoch_key, i) for i in share.tolist()]
+
+
+class StreamingLoader(EpochLoader):
+    """Batches decoded from a :class:`SampleSource` in DataLoader worker processes.
+
+    Each sample is read and decoded (:func:`~normlab.data.decode.decode_image`, at reduced
+    size when ``transform.min_size`` allows), transformed as uint8, and batched in a
+    worker; the uint8 batch is pinned (CUDA), copied to ``device`` and normalized there.
+
+    With ``world_size`` K > 1, every pass yields the contiguous share (``tensor_split``
+    order) of each global batch for process ``rank`` — the samples
+    :class:`~normlab.train.parallel.ShardedLoader` would give it — decoding only that share.
+    ``len()`` is the number of global batches either way.
+
+    Bad files (unreadable, corrupt, truncated, not an image, a decompression bomb) never
+    raise inside a worker. With ``on_bad_file="stop"`` the main process raises a one-line
+    :class:`CorruptDatasetError` naming the file; with ``"skip"`` the sample is dropped from
+    its batch (which is then smaller) and counted in :attr:`bad_files`. A share left
+    without samples (all bad, or a last global batch smaller than K) is an empty batch
+    (0, C, h, w) with the previous batch's image size.
+
+    Memory: the source's arrays and one epoch's order (8 bytes per sample), plus
+    ``workers * prefetch_factor`` batches in flight; nothing grows with the data set beyond
+    that.
+
+    Args:
+        source: The samples.
+        batch_size: Samples per global batch.
+        train: Training mode; sets the defaults of ``shuffle`` and ``drop_last``.
+        transform: Per-sample uint8 transform with ``min_size`` (a preset), or ``None``
+            (images must then share one size).
+        mean: Per-channel normalization mean in [0, 1] units.
+        std: Per-channel normalization std in [0, 1] units.
+        shuffle: Visit samples in a random order. Default: ``train``.
+        drop_last: Drop the last incomplete global batch. Default: ``train``.
+        seed: Seed of order and augmentation; with the epoch it fixes every batch.
+        device: Device of the batches.
+        workers: DataLoader worker processes (0: decode in this process). Workers persist
+            across epochs.
+        pin_memory: Pin the uint8 batches for the copy to the device. Default: whether
+            ``device`` is CUDA.
+        prefetch_factor: Batches each worker prepares ahead.
+        on_bad_file: ``"stop"`` or ``"skip"`` (see above).
+        channels_last: Return batches in channels-last memory format.
+        rank: This process's index among ``world_size`` training processes.
+        world_size: Number of training processes sharing each global batch.
+
+    Yields:
+        ``(x, y)``: normalized float32 images (B, C, H, W) and int64 labels (B,) on
+        ``device``; B is this process's share, less skipped bad files.
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        batch_size: int,
+        *,
+        train: bool,
+        transform: Transform | None,
+        mean: Sequence[float],
+        std: Sequence[float],
+        shuffle: bool | None = None,
+        drop_last: bool | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        workers: int = 4,
+        pin_memory: bool | None = None,
+        prefetch_factor: int = 2,
+        on_bad_file: Literal["stop", "skip"] = "stop",
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(seed, channels_last)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if workers < 0:
+            raise ValueError(f"workers must be non-negative, got {workers}")
+        if on_bad_file not in ("stop", "skip"):
+            raise ValueError(f"on_bad_file must be 'stop' or 'skip', got {on_bad_file!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        if len(mean) != len(std) or len(mean) not in (1, 3):
+            raise ValueError(f"mean and std need 1 or 3 channels each, got {mean} and {std}")
+        self.source = source
+        self.batch_size = batch_size
+        self.transform = transform
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.shuffle = train if shuffle is None else shuffle
+        self.drop_last = train if drop_last is None else drop_last
+        if self.drop_last and len(source) < batch_size:
+            raise ValueError(
+                f"{source.name} has {len(source)} samples, fewer than one batch of "
+                f"{batch_size}, and drop_last is set: no batch would be produced"
+            )
+        self.device = torch.device(device)
+        self.workers = workers
+        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.on_bad_file = on_bad_file
+        self.rank, self.world_size = rank, world_size
+        self.bad_files = 0
+        """Bad files skipped so far (``on_bad_file="skip"``)."""
+        self.normalize = Normalizer(self.mean, self.std, self.device)
+        self._shares = _Shares(batch_size, len(self), rank, world_size)
+        self._loader = DataLoader(
+            _Samples(source, transform, len(self.mean)),
+            batch_sampler=self._shares,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.pin_memory,
+            prefetch_factor=prefetch_factor if workers else None,
+            persistent_workers=workers > 0,
+        )
+        self._image_shape: tuple[int, ...] = (len(self.mean), 0, 0)
+
+    def __len__(self) -> int:
+        n = len(self.source)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def shard(self, rank: int, world_size: int) -> StreamingLoader:
+        """The loader of process ``rank`` of ``world_size``, at this loader's position.
+
+        Raises:
+            ValueError: If this loader is itself a shard.
+        """
+        if self.world_size != 1:
+            raise ValueError(f"this loader is already shard {self.rank} of {self.world_size}")
+        loader = StreamingLoader(
+            self.source,
+            self.batch_size,
+            train=self.shuffle,
+            transform=self.transform,
+            mean=self.mean,
+            std=self.std,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            seed=self.seed,
+            device=self.device,
+            workers=self.workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor,
+            on_bad_file=self.on_bad_file,
+            channels_last=self.channels_last,
+            rank=rank,
+            world_size=world_size,
+        )
+        loader.epoch, loader.batch = self.epoch, self.batch
+        return loader
+
+    def epoch_stats(self) -> dict[str, int]:
+        """``{"bad_files": n}``: bad files skipped so far."""
+        return {"bad_files": self.bad_files}
+
+    def _batches(self, generator: torch.Generator, start: int) -> Iterator[Batch]:
+        n = len(self.source)
+        self._shares.order = torch.randperm(n, generator=generator) if self.shuffle else (
+            torch.arange(n)
+        )
+        self._shares.epoch_key = int(torch.randint(_EPOCH_KEYS, (1,), generator=generator))
+        self._shares.start = start
+        for images, labels, bad in self._loader:
+            for sample in bad:
+                if self.on_bad_file == "stop":
+                    raise CorruptDatasetError(
+                        sample.path, sample.problem, f"{sample.hint}, {SKIP_HINT}"
+                    )
+                self.bad_files += 1
+            if images is None:
+                images = torch.empty((0, *self._image_shape), dtype=torch.uint8)
+            self._image_shape = tuple(images.shape[1:])
+            x = images.to(self.device, non_blocking=self.pin_memory)
+            y = labels.to(self.device, non_blocking=self.pin_memory)
+            yield self._layout(self.normalize(x)), y
