@@ -254,6 +254,7 @@ class StreamingLoader(EpochLoader):
             pin_memory=self.pin_memory,
             prefetch_factor=prefetch_factor if workers else None,
             persistent_workers=workers > 0,
+            generator=torch.Generator(),  # its draws (worker base seeds) spare the global one
         )
         self._image_shape: tuple[int, ...] = (len(self.mean), 0, 0)
 
