@@ -10,7 +10,8 @@ Commands::
     normlab experiment list | run NAME [--data NAME=PATH ...] | report NAME
     normlab demo [--quick] [--out DIR] [--seeds N] [--device cpu|cuda] ...
     normlab style [--norms ...] [--steps N] [--vgg-weights PATH] ...
-    normlab bench layers|models|inference [...]
+    normlab data pack FOLDER OUT [--split train] [--samples-per-shard N] | sample OUT
+    normlab bench layers|models|inference|data [...]
 
 ``CONFIG`` is a YAML file or the name of a shipped recipe (``normlab list configs``);
 ``--set`` overrides are applied after the file, in order, as in timm, and validated with
@@ -45,6 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from normlab.bench import cli as bench_cli
+from normlab.data import command as data_command
 from normlab.data.registry import dataset_info, list_datasets
 from normlab.errors import ConfigError, NormlabError, UsageError
 from normlab.experiments import demo, get_experiment, list_experiments, run_experiment
@@ -264,11 +266,17 @@ examples:
   normlab style --steps 200 --norms in bn iebn
   normlab style --vgg-weights vgg16-397923af.pth --out style-report
 """,
+    "data": """\
+examples:
+  normlab data sample tiny-imagenet --per-class 30
+  normlab data pack ~/imagenet ~/imagenet-shards --split train --samples-per-shard 1000
+""",
     "bench": """\
 examples:
   normlab bench layers --norms bn iebn --repeats 5
   normlab bench models --model resnet20 --batch-size 32
   normlab bench inference --model resnet50 --device cuda
+  normlab bench data --workers 2 --images 5000
 """,
 }
 
@@ -376,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 demo_command.run, description=demo.DESCRIPTION))
     style.add_arguments(_command(sub, "style", "fast style transfer with every norm",
                                  style_command.run, description=style.DESCRIPTION))
-    bench_cli.add_arguments(_command(sub, "bench", "layer, model and inference benchmarks",
+    data_command.add_arguments(_command(sub, "data", "pack image folders into WebDataset "
+                                        "shards, write a sample folder", data_command.run,
+                                        description=data_command.DESCRIPTION))
+    bench_cli.add_arguments(_command(sub, "bench", "layer, model, inference, data benchmarks",
                                      bench_cli.run, description=bench_cli.DESCRIPTION))
     parser.epilog = _TOP_EPILOG + "\n".join(_leaf_usages(parser))
     return parser

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from normlab.cli import main as cli_main
 from normlab.data import shards as shards_module
 from normlab.data.errors import CorruptDatasetError, MissingDatasetError
 from normlab.data.folder_index import index_image_folder
@@ -224,3 +225,21 @@ def test_the_streaming_loader_gives_the_same_batches_over_shards_as_over_the_fol
         assert len(batches[0]) == len(batches[1]) == 3
         for (x, y), (xs, ys) in zip(*batches):
             assert torch.equal(x, xs) and torch.equal(y, ys)
+
+
+def test_the_data_commands_pack_a_sample_folder_and_report_errors_in_one_line(tmp_path, capsys):
+    sample = tmp_path / "sample"
+    assert cli_main(["data", "sample", str(sample), "--per-class", "2", "--size", "16"]) == 0
+    assert cli_main([
+        "data", "pack", str(sample), str(tmp_path / "shards"), "--split", "val",
+        "--samples-per-shard", "8",
+    ]) == 0
+    assert "20 images of 10 classes -> 3 shards" in capsys.readouterr().out
+    folder = index_image_folder(sample, "val", cache_dir=tmp_path / "c")
+    index = index_shards(tmp_path / "shards", "val", cache_dir=tmp_path / "c")
+    assert [index.read(i) for i in range(20)] == [folder.read(i) for i in range(20)]
+    assert cli_main(["data", "pack", str(sample), str(tmp_path / "shards"), "--split", "val"]) == 1
+    assert cli_main(["data", "pack", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all(e.startswith("normlab data: error: ") for e in errors)
+    assert "already holds val shards" in errors[0] and "nowhere" in errors[1]
