@@ -13,6 +13,8 @@ import os
 import pytest
 import torch
 
+from normlab.data.sample_folder import write_sample_folder
+
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -44,3 +46,12 @@ def pytest_itemcollected(item):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def sample_folder(tmp_path_factory):
+    """A small ImageNet-format folder (what ``normlab data sample OUT`` writes): 10 classes,
+    16 training and 8 validation JPEGs each, 32 pixels high; the tiny ImageNet recipes
+    stream it (``--set data.root=...``)."""
+    out = tmp_path_factory.mktemp("sample") / "imagenet"
+    return write_sample_folder(out, per_class=16, size=32)

@@ -1,7 +1,7 @@
 """Run configs: one dataclass schema, YAML files with ``base:`` inheritance, ``--set`` overrides.
 
 A config file is a YAML mapping with the sections of :class:`Config` (``model``, ``data``,
-``optim``, ``schedule``, ``train``, ``run``) and two optional top-level keys:
+``optim``, ``schedule``, ``train``, ``eval``, ``run``) and two optional top-level keys:
 ``description`` (free text, e.g. which paper table the recipe reproduces) and ``base``
 (the name of a shipped config or a path relative to the file, or a list of them, that this
 one starts from, merged in order; mappings are merged key by key, everything else is
@@ -44,6 +44,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 
+from normlab.data.presets import list_transform_presets
 from normlab.data.registry import DatasetInfo, dataset_info, list_datasets
 from normlab.models.registry import list_models, model_constructor
 from normlab.norms.registry import (
@@ -72,6 +73,7 @@ from normlab.train.validation import (
 __all__ = [
     "Config",
     "DataConfig",
+    "EvalConfig",
     "MixConfig",
     "ModelConfig",
     "OptimConfig",
@@ -79,7 +81,10 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "AmpMode",
+    "BadFilePolicy",
     "Device",
+    "EvalStatistics",
+    "LoaderKind",
     "OptimName",
     "ScheduleName",
     "SecondaryNormalization",
@@ -102,6 +107,12 @@ OptimName = Literal["sgd"]
 """``optim.name``: the optimizers the trainer builds."""
 SecondaryNormalization = Literal["primary", "own"]
 """``data.mix.normalize``: whose mean/std normalize the secondary images."""
+LoaderKind = Literal["memory", "stream"]
+"""``data.loader``: the in-memory device loader or the streaming DataLoader pipeline."""
+EvalStatistics = Literal["moving_average", "batch_average"]
+"""``eval.statistics``: the norms' running statistics, or the SN paper's batch average."""
+BadFilePolicy = Literal["stop", "skip"]
+"""``data.on_bad_file``: stop at an unreadable file, or skip and count it."""
 Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")]
 """``train.device``."""
 
@@ -316,9 +327,27 @@ class DataConfig(_Section):
         augment: Apply the loader's training augmentation (crop with padding, flip).
         drop_last: Drop the last incomplete training batch.
         kwargs: Extra keyword arguments for ``create_dataset`` (both splits), checked
-            against the data set's reader options.
+            against the data set's reader options. ``size`` is the image side of both
+            loaders (the streaming transforms' output size; default 224 when streaming).
         mix: Mix a secondary data set into every training batch (:class:`MixConfig`);
             ``None`` (default) trains on this data set alone.
+        loader: ``memory``: read the whole split into one tensor and batch it on the device
+            (CIFAR, MNIST, built-in data; ``augment`` is its pad-crop + flip); ``stream``:
+            index the files once and decode every sample in DataLoader worker processes
+            (:class:`normlab.data.StreamingLoader`; ImageNet-size folders and shards),
+            transformed by ``train_transform`` and ``eval_transform``.
+        train_transform: Streaming training pipeline, a preset name
+            (:func:`normlab.data.list_transform_presets`, e.g. ``imagenet_train``); ``None``
+            means ``imagenet_train`` when streaming. With ``augment: false`` training uses
+            ``eval_transform`` instead. Only for ``loader: stream``.
+        eval_transform: Streaming evaluation pipeline (``None``: ``imagenet_eval``, the
+            centre crop of a ``size * 256 / 224`` resize). Only for ``loader: stream``.
+        workers: Decoding worker processes per training process (``stream``; 0 decodes in
+            the main process).
+        on_bad_file: ``stop`` at the first file that cannot be read or decoded (the error
+            names it) or ``skip`` it and count it (``stream``).
+        cache_dir: Folder of the file-index cache (``stream``); ``None``:
+            ``$NORMLAB_CACHE_DIR`` or ``~/.cache/normlab/index``.
     """
 
     KEY: ClassVar[str] = "data"
@@ -333,10 +362,17 @@ class DataConfig(_Section):
     drop_last: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
     mix: MixConfig | None = None
+    loader: LoaderKind = "memory"
+    train_transform: str | None = None
+    eval_transform: str | None = None
+    workers: NonNegativeInt = 4
+    on_bad_file: BadFilePolicy = "stop"
+    cache_dir: str | None = None
 
     def _check(self) -> None:
         info = _dataset("data.name", self.name)
         _check_reader_options("data.kwargs", self.kwargs, info)
+        self._check_loader(info)
         for key, split in (("data.train_split", self.train_split),
                            ("data.test_split", self.test_split)):
             if info.splits is not None and split not in info.splits:
@@ -350,10 +386,82 @@ class DataConfig(_Section):
                 "leave data.drop_last=true (or set data.mix=null)"
             )
 
+    def _check_loader(self, info: DatasetInfo) -> None:
+        """The streaming keys name presets, and only a streamed data set sets them."""
+        transforms = (("data.train_transform", self.train_transform),
+                      ("data.eval_transform", self.eval_transform))
+        for key, preset in transforms:
+            if preset is not None and preset not in list_transform_presets():
+                raise unknown_name(key, preset, "transform preset", list_transform_presets(),
+                                   "normlab list transforms")
+        if self.loader == "memory":
+            given = [key for key, preset in transforms if preset is not None]
+            if given:
+                raise ConfigError(
+                    f"{given[0]} applies to data.loader=stream; the memory loader augments "
+                    "with data.augment (set data.loader=stream, or drop the transform)"
+                )
+            return
+        if info.source is None:
+            raise ConfigError(
+                f"data.loader=stream: data set {info.name!r} cannot be streamed (only "
+                f"{', '.join(n for n in list_datasets() if dataset_info(n).source)}); "
+                "use data.loader=memory"
+            )
+        if self.mix is not None:
+            raise ConfigError("data.mix mixes in-memory data sets; use data.loader=memory")
+
+    @property
+    def train_preset(self) -> str:
+        """The streaming training pipeline: ``train_transform`` (default ``imagenet_train``),
+        or the evaluation pipeline when ``augment`` is false."""
+        if not self.augment:
+            return self.eval_preset
+        return self.train_transform or "imagenet_train"
+
+    @property
+    def eval_preset(self) -> str:
+        """The streaming evaluation pipeline: ``eval_transform`` (default ``imagenet_eval``)."""
+        return self.eval_transform or "imagenet_eval"
+
     @property
     def train_batch(self) -> int:
         """Images per training batch: ``batch_size``, plus ``mix``'s secondary images."""
         return self.batch_size + (self.mix.secondary_batch if self.mix else 0)
+
+
+@dataclass
+class EvalConfig(_Section):
+    """Which normalization statistics the evaluation after every epoch uses.
+
+    ``moving_average``: the running statistics the norms moved during training (PyTorch's
+    BatchNorm convention). ``batch_average``: the SN paper's inference (Sec. 3.1,
+    "Inference": "we freeze the parameters of the network and all the SN layers, and feed
+    the network with a certain number of mini-batches randomly chosen from the training
+    set. Second, we average the means and variances produced by all these mini-batches"):
+    before every evaluation, :func:`normlab.update_norm_stats` re-estimates every norm's
+    running statistics from ``stats_batches`` training batches (training split, training
+    transforms, the training batch size and ``model.virtual_batch_size``, so each batch
+    contributes the statistics a training step saw), drawn in a fixed order per epoch from
+    their own loader (the training loader's position and random state are untouched, so
+    resuming is exact). Done at *every* epoch's evaluation, not only the last: the metrics
+    rows, ``best_acc`` and ``best.pt`` then all measure the same model (the paper's Fig. 6
+    plots batch-average accuracy per epoch), and a checkpoint holds the statistics it was
+    scored with (``normlab eval`` reproduces the recorded accuracy). Each epoch's row
+    records ``eval_stats_batches``; ``summary.json`` records ``eval_statistics``. Under
+    torchrun every process averages its share of the batches and the processes' results
+    are averaged (:func:`normlab.distributed.average_running_stats`).
+
+    Attributes:
+        statistics: ``moving_average`` or ``batch_average``.
+        stats_batches: Training batches of a batch average (the SN authors' helper: 200
+            batches, about 51k images at batch 256 -- the paper's "50k" samples).
+    """
+
+    KEY: ClassVar[str] = "eval"
+
+    statistics: EvalStatistics = "moving_average"
+    stats_batches: PositiveInt = 200
 
 
 _PARAM_GROUP_OPTIONS = tuple(
@@ -512,6 +620,7 @@ class Config(_Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

@@ -57,6 +57,7 @@ from torch import nn
 from tqdm import tqdm
 
 from normlab.train.errors import CheckpointError, NonFiniteLossError
+from normlab.train.eval_stats import batch_average_stats
 from normlab.train.factory import Loaders
 from normlab.train.parallel import SINGLE, Parallel
 from normlab.train.schedule import LRSchedule
@@ -213,6 +214,10 @@ class Trainer:
         checkpoint_every: Call ``on_checkpoint`` every this many steps inside an epoch
             (not after its last step: the epoch's end is checkpointed by the caller).
         on_checkpoint: Receives the :class:`EpochProgress` (on every process).
+        eval_stats_batches: Before every evaluation, re-estimate the norms' statistics as
+            the batch average of this many training batches (``eval.statistics=
+            batch_average``, :func:`~normlab.train.eval_stats.batch_average_stats`);
+            ``None`` evaluates with the running statistics.
     """
 
     def __init__(
@@ -235,6 +240,7 @@ class Trainer:
         limit_batches: int | None = None,
         checkpoint_every: int | None = None,
         on_checkpoint: Callable[[EpochProgress], None] | None = None,
+        eval_stats_batches: int | None = None,
     ) -> None:
         if amp not in ("none", "bf16"):
             raise ValueError(f"train.amp must be 'none' or 'bf16', got {amp!r}")
@@ -266,6 +272,7 @@ class Trainer:
         self.limit_batches = limit_batches
         self.checkpoint_every = checkpoint_every
         self.on_checkpoint = on_checkpoint
+        self.eval_stats_batches = eval_stats_batches
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
@@ -482,6 +489,11 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update(self.train_epoch(loaders.train, epoch, resume))
         if evaluate:
+            if self.eval_stats_batches is not None:
+                row["eval_stats_batches"] = batch_average_stats(
+                    self.model, loaders.train, epoch=epoch, parallel=self.parallel,
+                    num_batches=min(self.eval_stats_batches, self.steps(loaders.train)),
+                )
             row.update(self.evaluate(loaders.test, self.task.eval_metric(loaders, self.device)))
         self.check_finite(row, epoch, self.steps(loaders.train))
         row["time_s"] = time.perf_counter() - start

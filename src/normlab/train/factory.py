@@ -3,6 +3,11 @@
 Each builder reads one config section and calls the public API of the layer it needs
 (``normlab.data``, ``normlab.models``, :func:`normlab.norms.param_groups`). Tasks
 (:mod:`normlab.tasks`) decide which builders a run uses; tests can substitute them.
+
+``data.loader`` chooses the data path: ``memory`` reads each split into one tensor and
+batches it on the device (:class:`normlab.data.DeviceLoader`); ``stream`` indexes the files
+once (:func:`normlab.data.create_source`) and decodes every sample in DataLoader workers
+(:class:`normlab.data.StreamingLoader`) through the config's transform presets.
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ import torch
 from torch import nn
 
 from normlab.data import DeviceLoader, MixedLoader, create_dataset, dataset_info
+from normlab.data.errors import CorruptDatasetError
+from normlab.data.image_folder import IMAGENET_STATS
+from normlab.data.presets import transform_preset
+from normlab.data.registry import create_source
+from normlab.data.streaming import SampleSource, StreamingLoader
 from normlab.models import create_model
 from normlab.norms import param_groups, set_noise, set_virtual_batch_size
 from normlab.train.config import DataConfig, MixConfig, ModelConfig, OptimConfig
@@ -99,12 +109,90 @@ def _mixed_train_loader(
         raise ConfigError(f"data.mix cannot mix {data.name} with {mix.dataset}: {exc}") from exc
 
 
+STREAM_SIZE = 224
+"""Image side of a streamed data set whose ``data.kwargs`` set no ``size`` (ImageNet's)."""
+_LOADER_OPTIONS = ("size", "mean", "std", "channels")
+"""``data.kwargs`` keys the streaming loader reads itself; the others go to the source."""
+
+
+def _source(data: DataConfig, split: str, options: dict[str, Any]) -> SampleSource:
+    """The indexed ``split`` of a streamed data set (``cache_dir`` and ``on_bad_file``
+    passed where its indexer takes them)."""
+    accepted = dataset_info(data.name).source_options
+    extra = {"cache_dir": data.cache_dir, "on_bad_file": data.on_bad_file}
+    options = {**options, **{k: v for k, v in extra.items() if k in accepted}}
+    return create_source(data.name, data.root, split, **options)
+
+
+def _check_same_classes(data: DataConfig, train: SampleSource, test: SampleSource) -> None:
+    """Both splits label the same classes in the same order, and every class has test
+    images.
+
+    Raises:
+        CorruptDatasetError: One line naming the classes only one split has.
+    """
+    present = {test.classes[test.label(i)] for i in range(len(test))}
+    only_train = [name for name in train.classes if name not in present]
+    only_test = [name for name in test.classes if name not in train.classes]
+    if not only_train and not only_test and tuple(test.classes) == tuple(train.classes):
+        return
+    differ = [f"only {split} has {', '.join(names)}"
+              for split, names in ((data.train_split, only_train), (data.test_split, only_test))
+              if names]
+    raise CorruptDatasetError(
+        str(data.root),
+        f"the classes of {data.train_split} and {data.test_split} differ "
+        f"({'; '.join(differ) or 'in label order'})",
+        "Give both splits the same class folders",
+    )
+
+
+def _streaming_loaders(data: DataConfig, *, seed: int, device: torch.device) -> Loaders:
+    """Index both splits and stream them through the config's transform presets.
+
+    Raises:
+        ConfigError: ``data.root`` is not set, or ``data.kwargs.channels`` is not 3.
+        MissingDatasetError, CorruptDatasetError: The folder is missing, holds a bad file
+            (``on_bad_file=stop``), or its splits' classes differ.
+    """
+    if data.root is None:
+        raise ConfigError(
+            f"data.root is not set: data.loader=stream reads {data.name!r} from a local "
+            "folder; give it with --set data.root=PATH (`normlab data sample OUT` writes a "
+            "small ImageNet-format folder to try a recipe on)"
+        )
+    options = dict(data.kwargs)
+    if options.get("channels", 3) != 3:
+        raise ConfigError("data.kwargs.channels: the streaming loader decodes RGB images (3)")
+    size = int(options.get("size", STREAM_SIZE))
+    mean = options.get("mean") or IMAGENET_STATS[0]
+    std = options.get("std") or IMAGENET_STATS[1]
+    source_options = {k: v for k, v in options.items() if k not in _LOADER_OPTIONS}
+    train_source = _source(data, data.train_split, source_options)
+    test_source = _source(data, data.test_split, source_options)
+    _check_same_classes(data, train_source, test_source)
+
+    def stream(source: SampleSource, batch_size: int, preset: str, train: bool) -> Any:
+        return StreamingLoader(
+            source, batch_size, train=train, drop_last=data.drop_last if train else False,
+            transform=transform_preset(preset, size=size), mean=mean, std=std, seed=seed,
+            device=device, workers=data.workers, on_bad_file=data.on_bad_file,
+        )
+
+    train = stream(train_source, data.batch_size, data.train_preset, True)
+    test = stream(test_source, data.eval_batch_size or data.batch_size, data.eval_preset, False)
+    return Loaders(train, test, len(train_source.classes), 3)
+
+
 def build_loaders(data: DataConfig, *, seed: int, device: torch.device) -> Loaders:
-    """Read both splits with ``normlab.data.create_dataset`` and wrap them in device loaders.
+    """Read both splits with ``normlab.data.create_dataset`` and wrap them in device loaders,
+    or stream them (``data.loader=stream``, :func:`_streaming_loaders`).
 
     With ``data.mix``, training batches mix in the secondary data set and the test split
     is scored on the primary classes only (see :class:`~normlab.train.config.MixConfig`).
     """
+    if data.loader == "stream":
+        return _streaming_loaders(data, seed=seed, device=device)
     train_set = create_dataset(data.name, root=data.root, split=data.train_split, **data.kwargs)
     test_set = create_dataset(data.name, root=data.root, split=data.test_split, **data.kwargs)
     in_chans = int(train_set.images.shape[1])

@@ -277,6 +277,8 @@ class _Run:
             limit_batches=cfg.train.limit_batches,
             checkpoint_every=cfg.run.checkpoint_every,
             on_checkpoint=self.checkpoint_inside,
+            eval_stats_batches=(cfg.eval.stats_batches
+                                if cfg.eval.statistics == "batch_average" else None),
         )
         self.epoch = 0
         self.inside: EpochProgress | None = None
@@ -350,6 +352,7 @@ class _Run:
             "steps_done_in_epoch": 0 if self.inside is None else self.inside.step,
             "epochs": cfg.train.epochs,
             "limit_batches": cfg.train.limit_batches,
+            "eval_statistics": cfg.eval.statistics,
             **self.task.summary(self.last_row, self.best),
             "best_epoch": self.best_epoch,
             "time_s": self.elapsed + (0.0 if self.inside is None else self.inside.train_time_s),
