@@ -21,8 +21,10 @@ from .image_folder import IMAGENET_STATS, read_image_folder
 from .loader import DeviceLoader, Normalizer
 from .mixing import MixedLoader, count_primary_correct, mixed_num_classes, primary_logits
 from .mnist import FASHION_MNIST_STATS, MNIST_STATS, read_fashion_mnist, read_idx, read_mnist
+from .presets import list_transform_presets, register_transform_preset, transform_preset
 from .registry import DatasetInfo, create_dataset, create_source, dataset_info, list_datasets
 from .sample_folder import write_sample_folder
+from .shards import ShardIndex, index_shards, pack_folder
 from .streaming import SampleSource, StreamingLoader
 from .styles import SEEN_STYLES, UNSEEN_STYLES, StyleSet, render_styles
 from .synthetic import SYNTHETIC_SPLITS, make_synthetic
@@ -48,6 +50,7 @@ __all__ = [
     "MixedLoader",
     "Normalizer",
     "SampleSource",
+    "ShardIndex",
     "StreamingLoader",
     "StyleSet",
     "channel_stats",
@@ -60,10 +63,13 @@ __all__ = [
     "digits_split_indices",
     "draw_crop_flip",
     "index_image_folder",
+    "index_shards",
     "list_datasets",
+    "list_transform_presets",
     "load_digits_data",
     "make_synthetic",
     "mixed_num_classes",
+    "pack_folder",
     "primary_logits",
     "read_cifar10",
     "read_cifar100",
@@ -71,9 +77,11 @@ __all__ = [
     "read_idx",
     "read_image_folder",
     "read_mnist",
+    "register_transform_preset",
     "render_styles",
     "resize",
     "resize_images",
+    "transform_preset",
     "with_channels",
     "write_sample_folder",
 ]
