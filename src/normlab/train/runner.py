@@ -193,11 +193,11 @@ def _shard_loaders(
 ) -> factory.Loaders:
     batch, parts = config.data.batch_size, config.train.accumulate_steps
     if batch % (parallel.world_size * parts):
-        processes = f" over {parallel.world_size} processes" if parallel.enabled else ""
-        micro = f" x {parts} micro-batches (train.accumulate_steps)" if parts > 1 else ""
+        over = [f"{parallel.world_size} processes"] if parallel.enabled else []
+        over += [f"{parts} micro-batches (train.accumulate_steps)"] if parts > 1 else []
         raise ConfigError(
-            f"data.batch_size {batch} (the global batch) does not split evenly{processes}"
-            f"{micro}; use a multiple of {parallel.world_size * parts}"
+            f"data.batch_size {batch} (the global batch) does not split evenly over "
+            f"{' x '.join(over)}; use a multiple of {parallel.world_size * parts}"
         )
     if not parallel.enabled:
         return loaders
