@@ -151,3 +151,29 @@ def test_decompression_bomb_is_refused(monkeypatch, pixels, tmp_path):
     with pytest.raises(CorruptDatasetError, match="decompression bomb") as error:
         decode_image(bomb.read_bytes(), name=str(bomb))
     assert _one_line(error).startswith(f"{bomb}: refused a possible decompression bomb (")
+
+
+def test_a_read_error_of_any_source_is_a_bad_file(bad_folder):
+    source, files = bad_folder
+
+    class Failing:
+        name, classes = source.name, source.classes
+
+        def __len__(self):
+            return len(source)
+
+        def label(self, i):
+            return source.label(i)
+
+        def describe(self, i):
+            return f"shard-000000.tar:{i:06d}.jpg"
+
+        def read(self, i):
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(CorruptDatasetError) as error:
+        next(iter(_loader(Failing(), 2)))
+    assert _one_line(error) == (
+        f"shard-000000.tar:000000.jpg: cannot read the file (Input/output error). Check the "
+        f"file and its disk, {SKIP_HINT}"
+    )

@@ -170,3 +170,11 @@ def test_cuda_batches_are_pinned_copies_of_the_cpu_batches(source):
         assert x.is_cuda and y.is_cuda
         torch.testing.assert_close(x.cpu(), u)
         assert torch.equal(y.cpu(), v)
+
+
+def test_an_abandoned_pass_continues_at_the_next_batch_with_persistent_workers(source):
+    epoch = _epoch(_loader(source, batch_size=3))
+    loader = _loader(source, batch_size=3, workers=2)
+    x, y = next(iter(loader))
+    assert loader.state_dict() == {"epoch": 0, "batch": 1, "seed": 0}
+    assert _same([(x, y), *_epoch(loader)], epoch)

@@ -52,7 +52,8 @@ class SampleSource(Protocol):
         ...
 
     def read(self, i: int) -> bytes:
-        """The encoded file of sample ``i`` (JPEG, PNG, ...)."""
+        """The encoded file of sample ``i`` (JPEG, PNG, ...); raises a
+        :class:`~normlab.data.errors.DatasetError` or ``OSError`` if it cannot be read."""
         ...
 
     def describe(self, i: int) -> str:
@@ -106,6 +107,9 @@ class _Samples(Dataset[_Sample]):
             )
         except DatasetError as error:
             return _Bad(str(error.path), error.problem, error.hint)
+        except OSError as error:
+            problem = f"cannot read the file ({error.strerror or error})"
+            return _Bad(self.source.describe(index), problem, "Check the file and its disk")
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seeded_generator(epoch_key, index).initial_seed())
@@ -246,21 +250,24 @@ class StreamingLoader(EpochLoader):
         """Bad files skipped so far (``on_bad_file="skip"``)."""
         self.normalize = Normalizer(self.mean, self.std, self.device)
         self._shares = _Shares(batch_size, len(self), rank, world_size)
-        self._loader = DataLoader(
-            _Samples(source, transform, len(self.mean)),
-            batch_sampler=self._shares,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=self.pin_memory,
-            prefetch_factor=prefetch_factor if workers else None,
-            persistent_workers=workers > 0,
-            generator=torch.Generator(),  # its draws (worker base seeds) spare the global one
-        )
+        self._loader = self._data_loader()
         self._image_shape: tuple[int, ...] = (len(self.mean), 0, 0)
 
     def __len__(self) -> int:
         n = len(self.source)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _data_loader(self) -> DataLoader[_Sample]:
+        return DataLoader(
+            _Samples(self.source, self.transform, len(self.mean)),
+            batch_sampler=self._shares,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor if self.workers else None,
+            persistent_workers=self.workers > 0,
+            generator=torch.Generator(),  # its draws (worker base seeds) spare the global one
+        )
 
     def shard(self, rank: int, world_size: int) -> StreamingLoader:
         """The loader of process ``rank`` of ``world_size``, at this loader's position.
@@ -303,13 +310,16 @@ class StreamingLoader(EpochLoader):
         )
         self._shares.epoch_key = int(torch.randint(_EPOCH_KEYS, (1,), generator=generator))
         self._shares.start = start
-        for images, labels, bad in self._loader:
-            for sample in bad:
-                if self.on_bad_file == "stop":
-                    raise CorruptDatasetError(
-                        sample.path, sample.problem, f"{sample.hint}, {SKIP_HINT}"
-                    )
-                self.bad_files += 1
+        batches = iter(self._loader)
+        for images, labels, bad in batches:
+            if bad and self.on_bad_file == "stop":
+                # the error's traceback holds this frame: drop the workers now, not when a
+                # garbage collection finds the cycle (the next pass starts new ones)
+                del batches
+                self._loader = self._data_loader()
+                first = bad[0]
+                raise CorruptDatasetError(first.path, first.problem, f"{first.hint}, {SKIP_HINT}")
+            self.bad_files += len(bad)
             if images is None:
                 images = torch.empty((0, *self._image_shape), dtype=torch.uint8)
             self._image_shape = tuple(images.shape[1:])
