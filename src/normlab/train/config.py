@@ -442,12 +442,13 @@ class EvalConfig(_Section):
     before every evaluation, :func:`normlab.update_norm_stats` re-estimates every norm's
     running statistics from ``stats_batches`` training batches (training split, training
     transforms, the training batch size and ``model.virtual_batch_size``, so each batch
-    contributes the statistics a training step saw), drawn in a fixed order per epoch from
-    their own loader (the training loader's position and random state are untouched, so
-    resuming is exact). Done at *every* epoch's evaluation, not only the last: the metrics
-    rows, ``best_acc`` and ``best.pt`` then all measure the same model (the paper's Fig. 6
-    plots batch-average accuracy per epoch), and a checkpoint holds the statistics it was
-    scored with (``normlab eval`` reproduces the recorded accuracy). Each epoch's row
+    contributes the statistics a training step saw): the first ``stats_batches`` of epoch
+    0's order, the batches ``normlab eval --recompute-stats N`` uses (the training loader's
+    position and the random generators are restored afterwards, so training and resuming
+    are exactly as without it). Done at *every* epoch's evaluation, not only the last: the
+    metrics rows, ``best_acc`` and ``best.pt`` then all measure the same model (the paper's
+    Fig. 6 plots batch-average accuracy per epoch), and a checkpoint holds the statistics it
+    was scored with (``normlab eval`` reproduces the recorded accuracy). Each epoch's row
     records ``eval_stats_batches``; ``summary.json`` records ``eval_statistics``. Under
     torchrun every process averages its share of the batches and the processes' results
     are averaged (:func:`normlab.distributed.average_running_stats`).

@@ -491,7 +491,7 @@ class Trainer:
         if evaluate:
             if self.eval_stats_batches is not None:
                 row["eval_stats_batches"] = batch_average_stats(
-                    self.model, loaders.train, epoch=epoch, parallel=self.parallel,
+                    self.model, loaders.train, parallel=self.parallel,
                     num_batches=min(self.eval_stats_batches, self.steps(loaders.train)),
                 )
             row.update(self.evaluate(loaders.test, self.task.eval_metric(loaders, self.device)))

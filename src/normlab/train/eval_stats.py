@@ -31,15 +31,16 @@ def batch_average_stats(
     loader: Any,
     *,
     num_batches: int,
-    epoch: int,
     parallel: Parallel,
 ) -> int:
     """Re-estimate every norm's running statistics from training batches (batch average).
 
-    The batches are the first ``num_batches`` of epoch ``epoch``'s order of ``loader`` (a
-    fixed, seeded draw per epoch); afterwards the loader is back at the position it had
-    and every random generator at its state, so training continues exactly as without
-    the estimate (and a resumed run estimates the same statistics). Under torchrun each
+    The batches are the first ``num_batches`` of epoch 0's order of ``loader`` (a fixed,
+    seeded draw: the batches ``normlab eval --recompute-stats N`` uses, so that command
+    reproduces a run's recorded score); afterwards the loader is back at the position it
+    had and every random generator at its state, so training continues exactly as
+    without the estimate (and a resumed run estimates the same statistics). Under torchrun
+    each
     process averages its share of every batch, then the processes' statistics are
     averaged (:func:`normlab.distributed.average_running_stats`; the variance then leaves
     out the spread between the processes' means, negligible at the paper's 50k samples).
@@ -49,7 +50,6 @@ def batch_average_stats(
         loader: The training loader (``set_epoch``, ``len``; ``state_dict`` /
             ``load_state_dict`` when it keeps a position inside an epoch).
         num_batches: How many batches to average (at most an epoch's).
-        epoch: Zero-based epoch whose batch order is drawn from.
         parallel: This process's place among the training processes.
 
     Returns:
@@ -60,7 +60,7 @@ def batch_average_stats(
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
+            loader.set_epoch(0)
         used = update_norm_stats(model, (batch[0] for batch in islice(loader, count)), count)
     if position is not None:
         loader.load_state_dict(position)
