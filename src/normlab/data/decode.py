@@ -106,8 +106,10 @@ def decode_image(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     image_module, _ = import_pillow()
+    mode = "RGB" if channels == 3 else "L"
     with pillow_errors(name), image_module.open(io.BytesIO(data)) as image:
         if min_size is not None and image.format == "JPEG":
             image.draft(None, (min_size, min_size))
-        pixels = np.array(image.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+        image.load()
+        pixels = np.array(image if image.mode == mode else image.convert(mode), dtype=np.uint8)
     return torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels)).permute(2, 0, 1)
