@@ -36,13 +36,21 @@ SAMPLE_SPLITS = {"train": "train", "val": "test"}
 _JPEG_QUALITY = 90
 
 
-def _backgrounds(generator: torch.Generator) -> list[torch.Tensor]:
-    """Colour images (3, H, W) in [0, 1]: the built-in photos, or tinted textures."""
+def _backgrounds(size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Colour images (3, H, W) in [0, 1] with shorter side ``2 * size`` (or less): the
+    built-in photos, or tinted textures. Shrunk once here, so each crop is cheap."""
     if resolve_texture_source("auto") == "skimage":
-        return [load_photo(name) for name in BUILTIN_CONTENT]
-    textures = texture_bank("seen", "procedural")
-    tints = torch.rand((len(textures), 3, 1, 1), generator=generator)
-    return list((0.5 + 0.15 * textures[:, None]).clamp(0.0, 1.0) * (0.3 + 0.7 * tints))
+        images = [load_photo(name) for name in BUILTIN_CONTENT]
+    else:
+        textures = texture_bank("seen", "procedural")
+        tints = torch.rand((len(textures), 3, 1, 1), generator=generator)
+        images = list((0.5 + 0.15 * textures[:, None]).clamp(0.0, 1.0) * (0.3 + 0.7 * tints))
+    shrunk = []
+    for image in images:
+        scale = min(1.0, 2 * size / min(image.shape[-2:]))
+        shape = [max(size, round(side * scale)) for side in image.shape[-2:]]
+        shrunk.append(F.interpolate(image[None], size=shape, mode="area")[0])
+    return shrunk
 
 
 def _draw(
@@ -70,14 +78,14 @@ def _write_split(
     masks = digits.images[:, 0].float() / 255
     generator = seeded_generator(seed, list(SAMPLE_SPLITS).index(split))
     width = round(size * 4 / 3)
-    crops = random_crops(backgrounds, 10 * per_class, size, generator)
     count = 0
     for label in range(10):
         wnid = f"n{label:08d}"
         (folder / wnid).mkdir(parents=True)
         members = torch.nonzero(digits.labels == label).flatten().tolist()
         for i in range(per_class):
-            pixels = _draw(crops[count], masks[members[i % len(members)]], width, generator)
+            crop = random_crops(backgrounds, 1, size, generator)[0]
+            pixels = _draw(crop, masks[members[i % len(members)]], width, generator)
             count += 1
             name = f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{count:08d}.JPEG"
             image_module.fromarray(pixels).save(folder / wnid / name, quality=_JPEG_QUALITY)
@@ -123,13 +131,17 @@ def write_sample_folder(
         raise FileExistsError(f"{out}: exists and is not an empty folder; choose another one")
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny per-image ops: a thread pool's hand-offs cost more
     try:
         temporary.chmod(0o755)
-        backgrounds = _backgrounds(seeded_generator(seed))
+        backgrounds = _backgrounds(size, seeded_generator(seed))
         for split in splits:
             _write_split(temporary / split, split, per_class, size, seed, backgrounds)
         os.replace(temporary, out)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(threads)
     return out
