@@ -119,10 +119,12 @@ def test_cache_keys_and_a_broken_cache_file(tmp_path, listings):
     assert len(listings) == 6
     caches = sorted((tmp_path / "cache").iterdir())
     assert len(caches) == 3 and not list((tmp_path / "cache").glob("*.tmp"))
-    for cache in caches:
-        cache.write_bytes(b"not a zip file")
+    for cache, broken in zip(caches, [b"not a zip file", b"", caches[0].read_bytes()[:500]]):
+        cache.write_bytes(broken)
     listings.clear()
-    assert len(_index(root, "val")) == 2 and len(listings) == 2
+    for split, on_bad_file in [("train", "stop"), ("val", "stop"), ("train", "skip")]:
+        assert len(_index(root, split, on_bad_file=on_bad_file)) == 2
+    assert len(listings) == 6
 
 
 def test_default_cache_dir_from_the_environment(tmp_path, monkeypatch):

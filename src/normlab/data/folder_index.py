@@ -25,6 +25,7 @@ import resource
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -238,8 +239,8 @@ def _load_cached(file: Path, key: dict[str, object]) -> FolderIndex | None:
                 stored["labels"],
                 int(meta["bad_entries"]),
             )
-    except (OSError, ValueError, KeyError):
-        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # a broken cache file is rewritten
 
 
 def _store(file: Path, key: dict[str, object], index: FolderIndex, folders: list[Path],
