@@ -15,6 +15,7 @@ from normlab.experiments.demo import SETTINGS, DemoSettings, accuracy_cells, run
 from normlab.report import demo as demo_report
 from normlab.report.demo import build_report
 from normlab.train import NonFiniteLossError
+from tests.norms.tables import batch_pooling_norms
 
 TINY = DemoSettings(norms=("bn", "bin", "iebn", "sn"), seeds=1, epochs=1, batch_size=512,
                     image_size=8, widths=(4, 8, 8))
@@ -135,4 +136,7 @@ def test_the_quick_demo_end_to_end(tmp_path, capsys):
     assert "Test accuracy (%)" in capsys.readouterr().out
     table = accuracy_cells([json.loads(p.read_text()) for p in cells])
     assert all(len(table[s]) == len(quick.norms) for s in SETTINGS)
-    assert max(table["clean"]["bn"]) > 15  # above chance (10 %): the short preset learns
+    assert max(table["clean"]["bn"]) > 50  # far above chance (10 %): the short preset learns
+    for norm in set(quick.norms) - set(batch_pooling_norms()):  # virtual batches: no effect
+        assert table["small_batch"][norm] == table["clean"][norm]
+    assert table["small_batch"]["bn"][0] < table["clean"]["bn"][0]

@@ -71,7 +71,8 @@ def _report_text(
         f"at {settings.image_size}×{settings.image_size} with random colours, contrast "
         "and textures; a "
         f"{6 * settings.blocks + 2}-layer CIFAR-style ResNet (widths "
-        f"{'/'.join(map(str, settings.widths))}); {settings.epochs} epochs; "
+        f"{'/'.join(map(str, settings.widths))}); {settings.epochs} epochs "
+        f"{_augmentation(settings)}; "
         f"{len(seeds)} seed(s); trained on a CPU in {minutes:.1f} minutes of training time. "
         "These numbers show the *direction* of the papers' effects on a toy problem; they "
         "are not the papers' CIFAR/ImageNet results.",
@@ -99,6 +100,12 @@ def _report_text(
         "",
     ]
     return "\n".join(lines)
+
+
+def _augmentation(settings: DemoSettings) -> str:
+    if settings.padding == 0:
+        return "without augmentation"
+    return f"of random crops ({settings.padding}-pixel padding)"
 
 
 def run(args: argparse.Namespace) -> int:
