@@ -7,7 +7,7 @@ WebDataset shards); the loader reads, decodes and augments each sample in
 
 Determinism: epoch ``e``'s order is a permutation drawn from
 ``seeded_generator(seed, e)``, and every sample's augmentation runs under
-``torch.manual_seed`` of a seed derived from ``(seed, e, index)`` (through that epoch's
+torch's CPU generator seeded from ``(seed, e, index)`` (through that epoch's
 generator), so a batch does not depend on the number of workers, on the number of training
 processes, or on where in the epoch a pass started.
 """
