@@ -11,7 +11,10 @@ from normlab.data import (
 
 from .formats import write_mnist_folder
 
-NAMES = ["cifar10", "cifar100", "digits", "fashion_mnist", "imagefolder", "mnist", "synthetic"]
+NAMES = [
+    "cifar10", "cifar100", "digits", "fashion_mnist", "imagefolder", "mnist", "synthetic",
+    "webdataset",
+]
 
 
 def test_names():

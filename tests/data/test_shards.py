@@ -13,10 +13,13 @@ from PIL import Image
 
 from normlab.cli import main as cli_main
 from normlab.data import shards as shards_module
+from normlab.data.decode import decode_image
 from normlab.data.errors import CorruptDatasetError, MissingDatasetError
 from normlab.data.folder_index import index_image_folder
+from normlab.data.image_folder import IMAGENET_STATS
 from normlab.data.presets import transform_preset
-from normlab.data.shards import index_shards, pack_folder
+from normlab.data.registry import create_dataset, create_source
+from normlab.data.shards import ShardIndex, index_shards, pack_folder, read_shards
 from normlab.data.streaming import StreamingLoader
 
 
@@ -243,3 +246,18 @@ def test_the_data_commands_pack_a_sample_folder_and_report_errors_in_one_line(tm
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(e.startswith("normlab data: error: ") for e in errors)
     assert "already holds val shards" in errors[0] and "nowhere" in errors[1]
+
+
+def test_the_registry_streams_and_reads_shards(packed):
+    folder, _, tmp = packed
+    source = create_source("webdataset", tmp / "shards", "train", cache_dir=tmp / "c")
+    assert isinstance(source, ShardIndex) and len(source) == 12
+    data = create_dataset("webdataset", tmp / "shards", "train", size=8, cache_dir=tmp / "c")
+    assert data.images.shape == (12, 3, 8, 8) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == [folder.label(i) for i in range(12)]
+    assert data.classes == ["cat", "dog", "emu"] and data.mean == IMAGENET_STATS[0]
+    fit = transform_preset("eval_center", size=8)
+    image = decode_image(folder.read(5), min_size=8, name="x")
+    assert torch.equal(data.images[5], fit(image))
+    grey = read_shards(tmp / "shards", "train", size=8, channels=1, cache_dir=tmp / "c")
+    assert grey.images.shape == (12, 1, 8, 8) and len(grey.mean) == 1

@@ -30,6 +30,7 @@ __all__ = [
     "ClassLayout",
     "class_layout",
     "no_images_error",
+    "normalization_stats",
     "IMAGE_EXTENSIONS",
     "IMAGENET_STATS",
 ]
@@ -213,17 +214,29 @@ def read_image_folder(
         raise no_images_error(layout.folder)
     mode = "RGB" if channels == 3 else "L"
     images = np.stack([_load_image(path, size, mode) for path, _ in files])
-    default_mean: tuple[float, ...]
-    default_std: tuple[float, ...]
-    default_mean, default_std = IMAGENET_STATS
-    if channels == 1:
-        default_mean, default_std = (sum(default_mean) / 3,), (sum(default_std) / 3,)
+    mean, std = normalization_stats(channels, mean, std)
     return ImageData(
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         labels=torch.tensor([label for _, label in files], dtype=torch.int64),
         num_classes=len(names),
         classes=names,
-        mean=tuple(mean) if mean is not None else default_mean,
-        std=tuple(std) if std is not None else default_std,
+        mean=mean,
+        std=std,
         name=layout.name,
+    )
+
+
+def normalization_stats(
+    channels: int, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` as given, each defaulting to :data:`IMAGENET_STATS` (their channel
+    average for grey images, ``channels=1``)."""
+    default_mean: tuple[float, ...]
+    default_std: tuple[float, ...]
+    default_mean, default_std = IMAGENET_STATS
+    if channels == 1:
+        default_mean, default_std = (sum(default_mean) / 3,), (sum(default_std) / 3,)
+    return (
+        tuple(mean) if mean is not None else default_mean,
+        tuple(std) if std is not None else default_std,
     )

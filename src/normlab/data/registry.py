@@ -8,6 +8,8 @@ Names, whether they read from ``root``, their splits and their reader options:
   channels=3`` for mixing with CIFAR).
 - ``imagefolder`` (root): a split sub-folder name (e.g. "train", "val") or "all" for the
   folder itself; ``size``, ``domain``, ``classes``, ``channels``, ``mean``, ``std``.
+- ``webdataset`` (root): WebDataset shards ``<split>-*.tar``, any split name; ``size``,
+  ``channels``, ``mean``, ``std``, ``cache_dir``.
 - ``digits`` (built in): train, test, test_unseen_styles; ``style``, ``textures``,
   ``size``, ``seed``.
 - ``synthetic`` (built in): train, test; ``num_classes``, ``size``, ``channels``,
@@ -16,7 +18,8 @@ Names, whether they read from ``root``, their splits and their reader options:
 Data sets with a ``source`` can also be streamed from disk (:func:`create_source`, for
 :class:`~normlab.data.streaming.StreamingLoader`): ``imagefolder``
 (:func:`~normlab.data.folder_index.index_image_folder`: ``domain``, ``classes``,
-``cache_dir``, ``on_bad_file``).
+``cache_dir``, ``on_bad_file``) and ``webdataset``
+(:func:`~normlab.data.shards.index_shards`: ``cache_dir``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .folder_index import index_image_folder
 from .image_data import ImageData
 from .image_folder import read_image_folder
 from .mnist import read_fashion_mnist, read_mnist
+from .shards import index_shards, read_shards
 from .streaming import SampleSource
 from .synthetic import SYNTHETIC_SPLITS, make_synthetic
 
@@ -94,6 +98,10 @@ _DATASETS = {
             None,
             "class-per-folder images (Pillow)",
             source=index_image_folder,
+        ),
+        DatasetInfo(
+            "webdataset", read_shards, True, None, "WebDataset tar shards (normlab data pack)",
+            source=index_shards,
         ),
         DatasetInfo(
             "digits", load_digits_data, False, DIGITS_SPLITS, "built-in scikit-learn digits"

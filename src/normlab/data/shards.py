@@ -33,7 +33,7 @@ import os
 import tarfile
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .decode import decode_image
 from .errors import CorruptDatasetError, MissingDatasetError
 from .folder_index import default_cache_dir
-from .image_folder import IMAGE_EXTENSIONS
+from .image_data import ImageData
+from .image_folder import IMAGE_EXTENSIONS, normalization_stats
+from .presets import transform_preset
 from .seeding import seeded_generator
 from .streaming import SampleSource
 
-__all__ = ["LABEL_EXTENSION", "ShardIndex", "index_shards", "pack_folder"]
+__all__ = ["LABEL_EXTENSION", "ShardIndex", "index_shards", "pack_folder", "read_shards"]
 
 LABEL_EXTENSION = "cls"
 """Extension of the member holding a sample's class index (WebDataset's convention)."""
@@ -283,6 +286,13 @@ class ShardIndex:
     def __len__(self) -> int:
         return len(self._label)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 (N,) labels of all samples (read-only)."""
+        view = self._label.view()
+        view.flags.writeable = False
+        return view
+
     def label(self, i: int) -> int:
         """The class index of sample ``i``."""
         return int(self._label[i])
@@ -451,3 +461,51 @@ def index_shards(
             "Re-pack the split",
         )
     return ShardIndex(root, split, shards=shards, classes=classes, arrays=arrays)
+
+
+def read_shards(
+    root: str | Path,
+    split: str = "train",
+    *,
+    size: int = 32,
+    channels: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    cache_dir: str | Path | None = None,
+) -> ImageData:
+    """Read a split's shards into memory (small data sets; stream large ones).
+
+    Every image is decoded and fitted to ``size`` x ``size`` by the ``eval_center`` preset
+    (shorter side resized to ``size`` with antialiasing, centre crop).
+
+    Args:
+        root: Folder of the shards.
+        split: Split name.
+        size: Output height and width.
+        channels: 3 (RGB) or 1 (grey).
+        mean: Normalization mean per channel; default ImageNet's (its average for grey).
+        std: Normalization std per channel; default as for ``mean``.
+        cache_dir: Index cache folder.
+
+    Raises:
+        MissingDatasetError, CorruptDatasetError: As :func:`index_shards`, and for an image
+            that cannot be decoded.
+    """
+    index = index_shards(root, split, cache_dir=cache_dir)
+    fit = transform_preset("eval_center", size=size)
+    images = torch.empty((len(index), channels, size, size), dtype=torch.uint8)
+    for i in range(len(index)):
+        image = decode_image(
+            index.read(i), channels=channels, min_size=fit.min_size, name=index.describe(i)
+        )
+        images[i] = fit(image)
+    mean, std = normalization_stats(channels, mean, std)
+    return ImageData(
+        images=images,
+        labels=torch.from_numpy(index.labels.astype(np.int64)),
+        num_classes=len(index.classes),
+        classes=list(index.classes),
+        mean=mean,
+        std=std,
+        name=index.name,
+    )
