@@ -1,27 +1,33 @@
-"""``normlab bench layers|models|inference``: its options (:func:`add_arguments`, part of the
-``normlab`` parser tree) and its run (:func:`run`)."""
+"""``normlab bench layers|models|inference|data``: its options (:func:`add_arguments`, part
+of the ``normlab`` parser tree) and its run (:func:`run`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from normlab.bench.data import bench_data
 from normlab.bench.inference import bench_inference
 from normlab.bench.layers import DEFAULT_SHAPES, bench_layers
 from normlab.bench.measure import keep_freed_memory
 from normlab.bench.models import bench_models
-from normlab.bench.report import inference_table, layers_table, models_table
+from normlab.bench.report import data_table, inference_table, layers_table, models_table
+from normlab.data.presets import list_transform_presets
 from normlab.errors import UsageError
 
 __all__ = ["DESCRIPTION", "add_arguments", "build_parser", "main", "run"]
 
-DESCRIPTION = "Time normalizers as ratios to torch's BatchNorm2d measured in the same run."
+DESCRIPTION = (
+    "Time normalizers as ratios to torch's BatchNorm2d measured in the same run; time the "
+    "streaming data pipeline against torchvision's ImageFolder."
+)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -36,8 +42,49 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _add_data(sub: Any) -> None:
+    """``bench data``'s options."""
+    data = sub.add_parser(
+        "data", help="data-pipeline benchmark",
+        description="Images/s and peak memory of the streaming image pipeline against "
+        "torchvision's ImageFolder + DataLoader with the same transforms and workers.",
+        epilog="example: normlab bench data --workers 2 --images 5000 --json data.json",
+    )
+    data.add_argument("--folder", help="image folder with a train split to reuse (or to "
+                      "generate into and keep); default: a temporary generated one")
+    data.add_argument("--images", type=_at_least(1), default=5000,
+                      help="JPEGs to generate (default 5000)")
+    data.add_argument("--workers", type=_at_least(0), default=2,
+                      help="DataLoader workers of each pipeline (default 2)")
+    data.add_argument("--batch-size", type=_at_least(1), default=64)
+    data.add_argument("--size", type=_at_least(1), default=224, help="output side (default 224)")
+    data.add_argument("--preset", default="imagenet_train",
+                      choices=[p for p in list_transform_presets() if p != "none"])
+    data.add_argument("--rounds", type=_at_least(1), default=4,
+                      help="turns of each pipeline, one epoch's batches in all (default 4)")
+    data.add_argument("--device", default="cpu", help="cpu or cuda")
+    data.add_argument("--full-decode", action="store_true",
+                      help="also time the streaming pipeline without reduced-size decoding")
+    data.add_argument("--index-files", type=_at_least(0), default=200_000,
+                      help="empty files for the index-memory measurement (0: skip)")
+    data.add_argument("--json", metavar="PATH", help="also write results as JSON ('-': stdout)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``bench``'s sub-commands (``layers``, ``models``, ``inference``) and options."""
+    """Add ``bench``'s sub-commands (``layers``, ``models``, ``inference``, ``data``) and
+    options."""
     sub = parser.add_subparsers(dest="what", required=True, metavar="BENCH")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--norms", nargs="+", help="registry names (default: all)")
@@ -75,6 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inference.add_argument("--model", default="resnet50")
     inference.add_argument("--batch-size", type=int, default=8)
     inference.add_argument("--image-size", type=int, default=224)
+    _add_data(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     """
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA device is available")
+    if args.what == "data":
+        return _run_data(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     steady = not args.default_malloc and args.device == "cpu" and keep_freed_memory()
@@ -135,11 +185,29 @@ def run(args: argparse.Namespace) -> int:
         )
         print(models_table(models))
         rows = [r.as_dict() for r in models]
-    if args.json:
+    _write_json(args.json, rows)
+    return 0
+
+
+def _write_json(path: str | None, rows: list[dict[str, Any]]) -> None:
+    if path:
         payload = json.dumps(rows, indent=2)
-        if args.json == "-":
+        if path == "-":
             print(payload)
         else:
-            with open(args.json, "w") as f:
+            with open(path, "w") as f:
                 f.write(payload + "\n")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    print(f"torch {torch.__version__}, {_machine(args.device)}, {os.cpu_count()} CPUs\n",
+          flush=True)
+    result = bench_data(
+        args.folder, images=args.images, workers=args.workers, batch_size=args.batch_size,
+        size=args.size, preset=args.preset, rounds=args.rounds, device=args.device,
+        full_decode=args.full_decode, index_files=args.index_files,
+        progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True),
+    )
+    print(data_table(result))
+    _write_json(args.json, [result.as_dict()])
     return 0
