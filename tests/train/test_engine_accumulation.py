@@ -10,7 +10,11 @@ from torch import nn
 import normlab
 from normlab.norms import set_virtual_batch_size
 from normlab.tasks.classification import ClassificationTask
-from normlab.train import LRSchedule, Trainer
+from normlab.train import LRSchedule, Trainer, load_checkpoint, train
+from normlab.train.parallel import leave_process_group
+
+from ..processes import run_processes
+from .test_parallel import _builders
 
 BATCH, STEPS, PARTS = 12, 4, 3
 
@@ -101,3 +105,25 @@ def test_split_batch_and_batch_size():
         task.split_batch({"image": x}, 2)
     with pytest.raises(TypeError, match="override ClassificationTask.batch_size"):
         task.batch_size("no tensor")
+
+
+def _two_process_worker(rank: int, config, out: str) -> None:
+    try:
+        train(config, run_dir=f"{out}/two", builders=_builders(), log=None)
+    finally:
+        leave_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_accumulating_micro_batches_train_like_one(tiny_config, tmp_path):
+    """DDP all-reduces the gradients once per step (no_sync for the other micro-batches):
+    2 processes x 2 micro-batches of LN give the weights of 1 process with whole batches."""
+    one = tiny_config(model={"norm": "ln"}, run={"name": "one"})
+    train(one, builders=_builders(), log=None)
+    two = tiny_config(model={"norm": "ln"}, train={"accumulate_steps": 2})
+    run_processes(_two_process_worker, (two, str(tmp_path / "runs")), world=2,
+                  logs=tmp_path / "logs")
+    single = load_checkpoint(tmp_path / "runs/one/last.pt")["model"]
+    double = load_checkpoint(tmp_path / "runs/two/last.pt")["model"]
+    for key, value in single.items():
+        torch.testing.assert_close(double[key], value, rtol=1e-5, atol=1e-6)

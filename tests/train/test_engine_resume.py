@@ -16,10 +16,13 @@ import pytest
 import torch
 
 from normlab.data import DeviceLoader, ImageData
+from normlab.tasks.classification import TrainAccuracy
 from normlab.train import Builders, ConfigError, load_checkpoint, resume, train
 from normlab.train.config import config_to_dict
 from normlab.train.factory import Loaders, build_optimizer
+from normlab.train.parallel import Parallel
 from normlab.train.run_folder import RunFolder
+from normlab.train.task import GatherMetric, StepResult
 
 from .tiny import TinyNet, tiny_builders
 
@@ -176,3 +179,32 @@ def test_checkpoints_inside_an_epoch_need_a_loader_with_a_position(tiny_config):
     with pytest.raises(ConfigError, match="run.checkpoint_every needs a training loader that "
                                           "keeps its position inside an epoch"):
         train(config, builders=tiny_builders(), log=None)
+
+
+class _Records(GatherMetric):
+    def update(self, batch, output):
+        self.records.append(int(output))
+
+    def score(self, records):
+        return {"total": float(sum(records)), "count": float(len(records))}
+
+
+def test_metric_states_continue_where_they_were_saved():
+    accuracy = TrainAccuracy(torch.device("cpu"))
+    y = torch.tensor([0, 1, 1])
+    accuracy.update((None, y), StepResult(torch.tensor(0.5), torch.eye(3)[[0, 1, 2]]))
+    restored = TrainAccuracy(torch.device("cpu"))
+    restored.load_state_dict(accuracy.state_dict())
+    assert restored.compute(Parallel()) == accuracy.compute(Parallel())
+    other = TrainAccuracy(torch.device("cpu"))
+    other.load_state_dict(accuracy.state_dict(), Parallel(1, 2))  # not the main process
+    assert all(int(v) == 0 for v in other.states.values())
+    records = _Records()
+    for value in (3, 4):
+        records.update(None, value)
+    again = _Records()
+    again.load_state_dict(records.state_dict())
+    again.update(None, 5)
+    assert again.compute(Parallel()) == {"total": 12.0, "count": 3.0}
+    with pytest.raises(ValueError, match="metric state has"):
+        restored.load_state_dict({"seen": torch.tensor(1)})
