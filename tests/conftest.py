@@ -30,9 +30,11 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_itemcollected(item):
     """Put the tests that use a module- or wider-scoped fixture defined in their own module
-    (spawned process groups, a trained run, the Triton interpreter) in one pytest-xdist group
-    per module, so the fixture is built once rather than once per worker. Runs during
-    collection, before pytest-xdist reads the groups (``--dist loadgroup``)."""
+    (spawned process groups, a trained run) in one pytest-xdist group per module, so the
+    fixture is built once rather than once per worker. A group runs on one worker, so a
+    cheap fixture (one that sets an environment flag) should be function-scoped and group
+    nothing. Runs during collection, before pytest-xdist reads the groups
+    (``--dist loadgroup``)."""
     module = getattr(item, "module", None)
     if module is None:
         return

@@ -49,8 +49,10 @@ def _import_kernels():
 tk = _import_kernels()
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _interpreter():
+    """The Triton interpreter's flag, set around each test (function scope: the module's
+    tests need no shared state, so pytest-xdist spreads them over every worker)."""
     if CUDA:
         yield
         return
