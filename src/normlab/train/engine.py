@@ -330,8 +330,7 @@ class Trainer:
         parts = [batch]
         if self.accumulate_steps > 1:
             parts = self.task.split_batch(batch, min(self.accumulate_steps, max(size, 1)))
-        total: torch.Tensor | None = None
-        outputs = []
+        losses, outputs = [], []
         for index, part in enumerate(parts):
             with self._sync(index == len(parts) - 1):
                 with _autocast(self.use_amp, self.device):
@@ -340,12 +339,12 @@ class Trainer:
                 if len(parts) > 1:
                     loss = loss * (self.task.batch_size(part) / size)
                 torch.autograd.backward(loss)
-            value = result.loss.detach()
-            metric.update(part, StepResult(value, result.output))
-            total = loss.detach() if total is None else total + loss.detach()
+            metric.update(part, StepResult(result.loss.detach(), result.output))
+            losses.append(loss.detach())
             outputs.append(result.output)
-        assert total is not None
-        return total, outputs[0] if len(parts) == 1 else tuple(outputs)
+        if len(parts) == 1:
+            return losses[0], outputs[0]
+        return torch.stack(losses).sum(), tuple(outputs)
 
     def _global_images(self, images: int) -> int:
         (count,) = self.parallel.sum(torch.tensor(images, device=self.device))
