@@ -31,7 +31,7 @@ only the first ``N`` batches of every epoch (a dry run).
 An epoch can be interrupted and continued: every ``checkpoint_every`` steps the trainer
 hands an :class:`EpochProgress` (the step, the training metric's totals, the throughput
 counters) to its ``on_checkpoint`` callback, and :meth:`Trainer.train_epoch` continues from
-one, with the training loader already at that position (:class:`~normlab.data.EpochLoader`).
+one, with the training loader already at that position (:class:`~normlab.data.loader.EpochLoader`).
 
 The loop knows nothing of the task: batches go to :meth:`~normlab.train.task.Task.training_step`
 and :meth:`~normlab.train.task.Task.eval_step`, and the task's metrics reduce themselves
@@ -174,7 +174,7 @@ def first_non_finite(model: nn.Module) -> str | None:
 
 def loader_position(loader: Any) -> tuple[int, int] | None:
     """``(epoch, batch)`` of the next batch of a loader that keeps its position inside an
-    epoch (:class:`~normlab.data.EpochLoader`'s ``state_dict``), else ``None``."""
+    epoch (:class:`~normlab.data.loader.EpochLoader`'s ``state_dict``), else ``None``."""
     state = loader.state_dict() if hasattr(loader, "state_dict") else None
     if not isinstance(state, dict) or "batch" not in state:
         return None

@@ -17,7 +17,7 @@ weights, and a run that crashed mid-epoch resumes from its last finished epoch a
 nothing had happened.
 
 With ``run.checkpoint_every`` (steps), ``last.pt`` is also written inside an epoch: it then
-holds the step, the training loader's position (:class:`~normlab.data.EpochLoader`), the
+holds the step, the training loader's position (:class:`~normlab.data.loader.EpochLoader`), the
 training metric's totals so far and the epoch's throughput counters
 (:class:`~normlab.train.engine.EpochProgress`), and ``--resume`` continues from the next
 unseen batch -- on CPU with the same weights and metrics rows, bit for bit, as a run that
@@ -218,7 +218,7 @@ def _check_checkpoint_every(config: Config, loader: Any, task: Task, device: tor
     if loader_position(loader) is None:
         raise ConfigError(
             f"run.checkpoint_every needs a training loader that keeps its position inside "
-            f"an epoch (normlab.data.EpochLoader); {type(loader).__name__} does not: set "
+            f"an epoch (normlab.data.loader.EpochLoader); {type(loader).__name__} does not: set "
             "run.checkpoint_every=null"
         )
     try:
