@@ -115,3 +115,14 @@ def test_the_batch_must_split_into_equal_micro_batches(tiny_config):
     with pytest.raises(ConfigError, match=r"does not split evenly over 3 micro-batches "
                                           r"\(train.accumulate_steps\); use a multiple of 3"):
         _shard_loaders(Loaders([], [], num_classes=2, in_chans=3), config, Parallel())
+
+
+def test_a_limited_run_from_the_command_line_says_so(tmp_path, capsys):
+    argv = ["train", "-c", "iebn_cifar_resnet164_tiny", "-q", "--limit-batches", "2",
+            "--set", f"run.out_dir={tmp_path}", "run.name=dry"]
+    assert main(argv) == 0
+    assert "(limited to 2 batches per epoch)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "dry" / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_done"], summary["limit_batches"]) == (
+        "completed", 1, 2)
+    assert len((tmp_path / "dry" / "metrics.jsonl").read_text().splitlines()) == 1
