@@ -134,26 +134,27 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def _gated_pair(tmp_path: Path, argv_a: list[str], argv_b: list[str]) -> list[tuple[int, str]]:
-    """Start two ``normlab`` processes and let them go at the same instant."""
+def _gated_pair(
+    tmp_path: Path, capsys, argv_a: list[str], argv_b: list[str]
+) -> list[tuple[int, str]]:
+    """Run ``normlab argv_a`` in a subprocess and ``normlab argv_b`` in this process,
+    starting at the same instant: the subprocess waits, already imported, for a gate file
+    that this process creates just before it runs ``argv_b``."""
     gate = tmp_path / "go"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _GATED, str(gate), *map(str, argv)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-        )
-        for argv in (argv_a, argv_b)
-    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GATED, str(gate), *map(str, argv_a)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
     try:
-        for proc in procs:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        capsys.readouterr()
         gate.touch()
-        return [(proc.wait(timeout=300), proc.communicate()[1]) for proc in procs]
+        code, _, err = _run(capsys, *argv_b)
+        return [(proc.wait(timeout=300), proc.communicate()[1]), (code, err)]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _image_folder(root: Path, splits: dict[str, list[str]], per_class: int = 8) -> None:
@@ -172,11 +173,11 @@ def _image_folder(root: Path, splits: dict[str, list[str]], per_class: int = 8) 
 # -- data loss (4) -------------------------------------------------------------------------
 
 
-def test_two_train_runs_with_one_name_never_share_a_folder(tmp_path):
+def test_two_train_runs_with_one_name_never_share_a_folder(tmp_path, capsys):
     config = _config(tmp_path)
     argv = ["train", "-c", str(config), "-q", "--set", "train.epochs=2"]
     results = _gated_pair(
-        tmp_path, [*argv, "train.seed=1"], [*argv, "train.seed=2"]
+        tmp_path, capsys, [*argv, "train.seed=1"], [*argv, "train.seed=2"]
     )
     codes = sorted(code for code, _ in results)
     assert codes[0] == 0 and codes[1] != 0, results
@@ -277,7 +278,7 @@ def test_two_resumes_of_one_folder_leave_no_extra_rows(tmp_path, capsys):
     folder = tmp_path / "runs" / "r"
     assert _train(capsys, config)[0] == 0
     argv = ["train", "--resume", str(folder), "-q", "--set", "train.epochs=3"]
-    results = _gated_pair(tmp_path, argv, argv)
+    results = _gated_pair(tmp_path, capsys, argv, argv)
     assert any(code == 0 for code, _ in results), results
     for code, err in results:
         if code != 0:
