@@ -72,8 +72,8 @@ def _add_data(sub: Any) -> None:
     data.add_argument("--size", type=_at_least(1), default=224, help="output side (default 224)")
     data.add_argument("--preset", default="imagenet_train",
                       choices=[p for p in list_transform_presets() if p != "none"])
-    data.add_argument("--rounds", type=_at_least(1), default=4,
-                      help="turns of each pipeline, one epoch's batches in all (default 4)")
+    data.add_argument("--rounds", type=_at_least(1), default=6,
+                      help="turns of each pipeline, one epoch's batches in all (default 6)")
     data.add_argument("--device", default="cpu", help="cpu or cuda")
     data.add_argument("--full-decode", action="store_true",
                       help="also time the streaming pipeline without reduced-size decoding")

@@ -79,7 +79,7 @@ class PipelineResult:
     Attributes:
         pipeline: ``streaming``, ``streaming, full-size decode`` or ``torchvision``.
         images_per_s: Median images per second over the rounds (after the first batch).
-        spread: Relative inter-quartile spread of the per-round seconds per image.
+        spread: Relative inter-quartile spread of the per-round ratios.
         ratio: Median per-round throughput ratio to torchvision (1.0 for torchvision).
         peak_rss_mib: Highest RSS summed over the process and its workers.
         peak_pss_mib: Highest PSS summed likewise (None where /proc lacks smaps_rollup).
@@ -379,8 +379,9 @@ class _Batches:
 
 
 def _child(start_method: str, spec: _Spec, commands: Any, results: Any) -> None:
-    """A pipeline's process: builds the loader, then times the number of batches each
-    command asks for (``None`` ends it); the first command's time is the first batch."""
+    """A pipeline's process: builds the loader and reports ready, then times the number of
+    batches each command asks for (``None`` ends it); the first command's time is the
+    first batch (the workers starting)."""
     multiprocessing.set_start_method(start_method, force=True)
     try:
         device = torch.device(spec.device)
@@ -388,6 +389,7 @@ def _child(start_method: str, spec: _Spec, commands: Any, results: Any) -> None:
             _torchvision_loader(spec) if spec.pipeline == TORCHVISION else _streaming_loader(spec)
         )
         batches = _Batches(loader)
+        results.put(("ok", {}))
         while (count := commands.get()) is not None:
             results.put(("ok", _segment(batches, count, device)))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises
@@ -480,7 +482,7 @@ def _summary(
     return PipelineResult(
         pipeline=name,
         images_per_s=1 / per_image.median,
-        spread=per_image.spread,
+        spread=ratio.spread,
         ratio=ratio.median,
         peak_rss_mib=child.memory.rss / 1024,
         peak_pss_mib=None if pss is None else pss / 1024,
@@ -514,7 +516,7 @@ def bench_data(
     batch_size: int = 64,
     size: int = 224,
     preset: str = "imagenet_train",
-    rounds: int = 4,
+    rounds: int = 6,
     device: str = "cpu",
     full_decode: bool = False,
     index_files: int = 200_000,
@@ -560,6 +562,8 @@ def bench_data(
             for name in names:
                 spec = _Spec(name, str(root), preset, size, workers, batch_size, device, cache)
                 children[name] = _Child(_child, spec)
+            for child in children.values():
+                child.ask(None)
             say("starting the pipelines (first batch)")
             first = {name: children[name].ask(1)["seconds"] for name in names}
             per_round = max(1, count // batch_size // rounds)
