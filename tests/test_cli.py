@@ -75,11 +75,12 @@ def test_missing_run_and_data_exit_1(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("what", ["norms", "models", "datasets", "configs"])
+@pytest.mark.parametrize("what", ["norms", "models", "datasets", "transforms", "configs"])
 def test_list(what, capsys):
     assert main(["list", what]) == 0
     out = capsys.readouterr().out
-    expected = {"norms": "iebn", "models": "resnet164", "datasets": "digits"}
+    expected = {"norms": "iebn", "models": "resnet164", "datasets": "digits",
+                "transforms": "imagenet_train_lighting"}
     assert expected.get(what, "iebn_cifar_resnet164_tiny") in out
 
 

@@ -6,7 +6,7 @@ Commands::
     normlab train --resume RUN_DIR|CHECKPOINT [--set key=value ...]
     torchrun --nproc-per-node K -m normlab train ...   (K processes, one per device)
     normlab eval RUN_DIR [--checkpoint last.pt|best.pt|prev.pt|PATH] [--recompute-stats N]
-    normlab list norms|models|datasets|configs
+    normlab list norms|models|datasets|transforms|configs
     normlab experiment list | run NAME [--data NAME=PATH ...] | report NAME
     normlab demo [--quick] [--out DIR] [--seeds N] [--device cpu|cuda] ...
     normlab style [--norms ...] [--steps N] [--vgg-weights PATH] ...
@@ -47,6 +47,7 @@ from typing import Any
 
 from normlab.bench import cli as bench_cli
 from normlab.data import command as data_command
+from normlab.data.presets import list_transform_presets
 from normlab.data.registry import dataset_info, list_datasets
 from normlab.errors import ConfigError, NormlabError, UsageError
 from normlab.experiments import demo, get_experiment, list_experiments, run_experiment
@@ -78,7 +79,7 @@ EXIT_STATUS: tuple[tuple[type[BaseException], int], ...] = (
 """The exit status of each error class, first match wins; anything else is a bug and shows
 its traceback."""
 
-_LISTS = ("norms", "models", "datasets", "configs")
+_LISTS = ("norms", "models", "datasets", "transforms", "configs")
 DEFAULT_SEEDS = {"tiny": 3, "full": 1}
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
 
@@ -164,6 +165,8 @@ def _rows(kind: str) -> list[tuple[str, str]]:
         return rows
     if kind == "datasets":
         return [(name, dataset_info(name).description) for name in list_datasets()]
+    if kind == "transforms":  # data.train_transform / data.eval_transform of data.loader=stream
+        return [(name, "") for name in list_transform_presets()]
     rows = []
     for name in list_configs():
         description = load_config(name).description
