@@ -40,6 +40,8 @@ def test_bench_data_reports_both_pipelines_side_by_side(tmp_path):
     assert result.index.index_mib > 0
     table = data_table(result)
     assert "| streaming |" in table and "| torchvision | " in table and "300 empty" in table
+    assert "streaming / torchvision, per round: " in table
+    assert len(result.pipelines[0].round_ratios) == 1
     fields = result.as_dict()
     assert set(fields["pipelines"][0]) >= {
         "images_per_s", "ratio", "peak_rss_mib", "peak_pss_mib", "data_wait_s",
@@ -79,11 +81,15 @@ def test_peak_memory_counts_the_children_of_a_process():
     try:
         assert _process_tree(os.getpid())[0] == os.getpid()
         assert pid in _process_tree(os.getpid())
-        with _PeakMemory(os.getpid()) as peak:
-            time.sleep(0.1)
-        alone = bench_data_module._memory_kib(os.getpid())
-        assert alone is not None and peak.rss > alone[0]
-        assert peak.pss is not None and peak.pss <= peak.rss
+        peak = _PeakMemory(os.getpid())
+        peak.active.set()
+        time.sleep(0.1)
+        peak.active.clear()
+        peak.sample(pss=True)
+        peak.close()
+        alone = bench_data_module._rss_kib(os.getpid())
+        assert alone is not None and peak.rss > alone
+        assert peak.pss is not None and 0 < peak.pss <= peak.rss
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)

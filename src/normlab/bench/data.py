@@ -30,6 +30,7 @@ The index's memory is measured on a folder of 200,000 empty files
 from __future__ import annotations
 
 import io
+import mmap
 import multiprocessing
 import os
 import queue
@@ -69,6 +70,7 @@ STREAMING = "streaming"
 FULL_DECODE = "streaming, full-size decode"
 TORCHVISION = "torchvision"
 _SAMPLE_SECONDS = 0.02
+_PSS_SECONDS = 0.25
 _MIB = 2**20
 
 
@@ -86,6 +88,7 @@ class PipelineResult:
         data_wait_s: Seconds the main process spent blocked on the loader, all rounds.
         first_batch_s: Seconds to the first batch (workers starting included).
         images: Images timed, all rounds.
+        round_ratios: The per-round throughput ratios to torchvision, in round order.
     """
 
     pipeline: str
@@ -97,6 +100,7 @@ class PipelineResult:
     data_wait_s: float
     first_batch_s: float
     images: int
+    round_ratios: list[float]
 
 
 @dataclass
@@ -246,57 +250,69 @@ def _process_tree(pid: int) -> list[int]:
     return pids
 
 
-def _memory_kib(pid: int) -> tuple[int, int | None] | None:
-    """(RSS, PSS) of one process in KiB (PSS None without smaps_rollup); None when the
-    process has ended."""
+_PAGE_KIB = mmap.PAGESIZE // 1024
+
+
+def _rss_kib(pid: int) -> int | None:
+    """Resident KiB of one process (cheap: ``/proc/<pid>/statm``); None when it ended."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE_KIB
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pss_kib(pid: int) -> int | None:
+    """Proportional KiB of one process (``/proc/<pid>/smaps_rollup``, which walks the
+    process's page tables: ~5 ms for a process that imported torch); None when it cannot
+    be read."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             fields = dict(line.split(":", 1) for line in f if line[:1].isalpha())
-        return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+        return int(fields["Pss"].split()[0])
     except (OSError, KeyError, ValueError):
-        pass
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]), None
-    except OSError:
-        pass
-    return None
-
-
-def _rss_kib() -> int:
-    reading = _memory_kib(os.getpid())
-    return reading[0] if reading is not None else 0
+        return None
 
 
 class _PeakMemory:
-    """Samples the summed RSS and PSS (KiB) of a process tree from a thread until stopped;
-    ``pss`` is None when a process's PSS cannot be read."""
+    """The peak summed RSS and PSS (KiB) of a process tree, sampled from a thread while
+    :attr:`active` is set: RSS every 20 ms, PSS (costly to read) every 0.25 s and once when
+    sampling pauses. ``pss`` is None when a process's PSS cannot be read."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.rss = 0
         self.pss: int | None = 0
+        self.active = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _PeakMemory:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Stop the sampling thread."""
         self._stop.set()
+        self.active.set()
         self._thread.join()
 
+    def sample(self, pss: bool) -> None:
+        """Take one reading of the tree (with PSS when ``pss``); processes that ended (no
+        resident pages) do not count."""
+        live = [(pid, rss) for pid in _process_tree(self.pid) if (rss := _rss_kib(pid))]
+        self.rss = max(self.rss, sum(rss for _, rss in live))
+        if pss and self.pss is not None and live:
+            readings = [_pss_kib(pid) for pid, _ in live]
+            if readings[0] is None:  # no smaps_rollup on this system
+                self.pss = None
+            else:
+                self.pss = max(self.pss, sum(p for p in readings if p is not None))
+
     def _run(self) -> None:
+        last_pss = 0.0
         while not self._stop.is_set():
-            found = [_memory_kib(pid) for pid in _process_tree(self.pid)]
-            readings = [reading for reading in found if reading is not None]
-            self.rss = max(self.rss, sum(rss for rss, _ in readings))
-            pss = [p for _, p in readings if p is not None]
-            if self.pss is not None:
-                self.pss = max(self.pss, sum(pss)) if len(pss) == len(readings) else None
+            self.active.wait()
+            now = time.monotonic()
+            self.sample(pss=now - last_pss >= _PSS_SECONDS)
+            last_pss = now if now - last_pss >= _PSS_SECONDS else last_pss
             self._stop.wait(_SAMPLE_SECONDS)
 
 
@@ -399,9 +415,9 @@ def _child(start_method: str, spec: _Spec, commands: Any, results: Any) -> None:
 def _child_index(start_method: str, root: str, commands: Any, results: Any) -> None:
     try:
         memory = index_memory(root, "train")
-        before = _rss_kib()
+        before = _rss_kib(os.getpid()) or 0
         dataset = ImageFolder(str(Path(root) / "train"), allow_empty=True)
-        memory["imagefolder_rss_increase"] = (_rss_kib() - before) * 1024
+        memory["imagefolder_rss_increase"] = ((_rss_kib(os.getpid()) or 0) - before) * 1024
         del dataset
         results.put(("ok", memory))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises
@@ -425,7 +441,8 @@ class _Child:
             target=target, args=(start_method, *args, self.commands, self.results)
         )
         self.process.start()
-        self.memory = _PeakMemory(self.process.pid or 0).__enter__()
+        self.memory = _PeakMemory(self.process.pid or 0)
+        self.memory.active.set()
         self.paused = False
 
     def _signal(self, signal_number: int) -> None:
@@ -438,6 +455,7 @@ class _Child:
     def ask(self, command: Any) -> dict[str, Any]:
         """Resume the process, send ``command``, wait for its result, pause it again."""
         if self.paused:
+            self.memory.active.set()
             self._signal(signal.SIGCONT)
         if command is not None:
             self.commands.put(command)
@@ -454,6 +472,8 @@ class _Child:
             self.close()
             raise RuntimeError(f"the benchmark process failed:\n{value}")
         self._signal(signal.SIGSTOP)
+        self.memory.active.clear()
+        self.memory.sample(pss=True)
         self.paused = True
         result: dict[str, Any] = value
         return result
@@ -469,7 +489,7 @@ class _Child:
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
-        self.memory.__exit__()
+        self.memory.close()
 
 
 def _summary(
@@ -489,6 +509,7 @@ def _summary(
         data_wait_s=sum(r["wait"] for r in runs),
         first_batch_s=first,
         images=sum(int(r["images"]) for r in runs),
+        round_ratios=ratio.seconds,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from normlab.bench.data import DataBenchResult
+from normlab.bench.data import TORCHVISION, DataBenchResult
 from normlab.bench.inference import InferenceResult
 from normlab.bench.layers import LayerResult
 from normlab.bench.models import ModelResult
@@ -100,6 +100,11 @@ def data_table(result: DataBenchResult) -> str:
         f"{_mib(p.peak_rss_mib)} | {_mib(p.peak_pss_mib)} | {p.data_wait_s:.1f} | "
         f"{p.first_batch_s:.1f} |"
         for p in r.pipelines
+    ]
+    lines += [""] + [
+        f"{p.pipeline} / torchvision, per round: " + " ".join(f"{x:.2f}" for x in p.round_ratios)
+        for p in r.pipelines
+        if p.pipeline != TORCHVISION
     ]
     if r.index is not None:
         i = r.index

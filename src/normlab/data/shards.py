@@ -255,7 +255,7 @@ class ShardIndex:
     """The samples of a split's WebDataset shards (a :class:`SampleSource`).
 
     Per sample, compact arrays hold the shard number, the byte offset and size of the
-    image member's data, the label and the key (samples are ordered by key).
+    image member's data, the label and the member's name; samples are ordered by key.
 
     Attributes:
         name: ``webdataset:<folder>/<split>``.
@@ -285,6 +285,12 @@ class ShardIndex:
 
     def __len__(self) -> int:
         return len(self._label)
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardIndex({self.name!r}, {len(self)} samples in {len(self.shards)} shards, "
+            f"{len(self.classes)} classes)"
+        )
 
     @property
     def labels(self) -> np.ndarray:
