@@ -32,6 +32,7 @@ from normlab.models.resnet_blocks import (
     PreActBasicBlock,
     PreActBottleneck,
 )
+from tests.norms.tables import EveryNorm
 
 NORMS = normlab.list_norms()
 
@@ -74,20 +75,6 @@ def test_every_norm_in_every_kind_of_unit(kind, norm):
 def test_every_norm_in_the_style_network(norm):
     model = TransformerNet(num_residual=1, norm=norm, se_reduction=8)
     _check_step(model, torch.randn(2, 3, 32, 32), (2, 3, 32, 32))
-
-
-class EveryNorm:
-    """A norm spec (``norm=EveryNorm()``) that builds the registered norms in turn, from the
-    ``start``-th on, so one network holds every norm at positions all over it."""
-
-    def __init__(self, start: int = 0) -> None:
-        self.start = start
-        self.built: list[str] = []
-
-    def __call__(self, num_features: int, **kwargs) -> nn.Module:
-        name = NORMS[(self.start + len(self.built)) % len(NORMS)]
-        self.built.append(name)
-        return normlab.create_norm(name, num_features, **kwargs)
 
 
 FULL = [m for m in list_models() if m != "vgg16_features"]

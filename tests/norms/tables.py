@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 import normlab
 from normlab.norms import TorchTwin, create_norm, norm_info
 
@@ -36,3 +38,18 @@ def instance_statistics_norms() -> list[str]:
         name for name, twin in torch_twins().items()
         if twin.kind == "in" or twin.instance_branch
     ]
+
+
+class EveryNorm:
+    """A norm spec (``norm=EveryNorm()``) that builds the registered norms in turn, from the
+    ``start``-th on, so one network holds every norm at positions all over it."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+        self.built: list[str] = []
+
+    def __call__(self, num_features: int, **kwargs: Any) -> torch.nn.Module:
+        names = normlab.list_norms()
+        name = names[(self.start + len(self.built)) % len(names)]
+        self.built.append(name)
+        return create_norm(name, num_features, **kwargs)

@@ -13,6 +13,7 @@ from normlab.models.cifar_resnet import CifarResNet
 from normlab.models.resnet_blocks import PreActBasicBlock
 from normlab.norms import ChannelAffine, EvalNorm, NormBase
 from normlab.norms.fuse import channel_affine
+from tests.norms.tables import EveryNorm
 
 NORMS = normlab.list_norms()
 
@@ -60,14 +61,18 @@ def expect_folded(name):
         return bool(torch.allclose(layer(x), scale * x + shift, rtol=1e-9, atol=1e-9))
 
 
-@pytest.mark.parametrize("name", NORMS)
-def test_fused_resnet20_equals_unfused_and_scripts(name):
-    model = perturb(tiny_resnet(name))
+def test_fused_resnet20_with_every_norm_equals_unfused_and_scripts():
+    """One resnet20 whose norms cycle through every registered norm: each layer folds into
+    its conv or is wrapped as its norm's measured folding says."""
+    norm = EveryNorm()
+    model = perturb(tiny_resnet(norm))
     fused = normlab.fuse_for_inference(model)
-    norms = sum(isinstance(m, NormBase) for m in model.modules())
+    folds = {name: expect_folded(name) for name in set(norm.built)}
     folded = sum(isinstance(m, nn.Identity) for m in fused.modules())
     wrapped = sum(isinstance(m, EvalNorm) for m in fused.modules())
-    assert (folded, wrapped) == ((norms, 0) if expect_folded(name) else (0, norms))
+    assert set(norm.built) == set(NORMS)
+    assert folded == sum(folds[name] for name in norm.built)
+    assert wrapped == sum(not folds[name] for name in norm.built)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = model(x)
