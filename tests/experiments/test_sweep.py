@@ -159,6 +159,8 @@ def test_report_lays_out_ours_and_the_papers_numbers(experiment, tmp_path):
     assert "| tiny net | 5.5 | 4.9 ± 0.1 |" in text  # the paper's table, as printed
     assert "Missing runs (2): tiny net / BN seed 1; tiny net / IEBN seed 1." in text
     assert "Not run at this scale (see the notes): other data / IEBN." in text
+    assert ("Evaluated with the norms' moving-average statistics: tiny net / BN; "
+            "tiny net / IEBN.") in text  # summary.json's eval_statistics
     assert "compare the ordering of the columns" in text and "Read the columns." in text
     assert (path.parent / "figure.png").read_bytes()[:4] == b"\x89PNG"
 

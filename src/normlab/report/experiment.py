@@ -61,6 +61,27 @@ def collect_results(
     return results
 
 
+EVAL_STATISTICS_TEXT = {
+    "moving_average": "the norms' moving-average statistics",
+    "batch_average": "the SN paper's batch-average statistics (eval.statistics)",
+}
+
+
+def _eval_statistics(
+    experiment: Experiment, *, scale: str, out: str | Path
+) -> dict[str, list[str]]:
+    """Which normalization statistics each cell's runs were evaluated with
+    (``summary.json``'s ``eval_statistics``), as statistics -> cell labels."""
+    found: dict[str, list[str]] = {}
+    for cell, _, _ in experiment.runs(scale):
+        for run in sorted(cell_folder(out, experiment, scale, cell).glob("seed*")):
+            kind = RunFolder(run).read_summary().get("eval_statistics")
+            if kind is not None:
+                found.setdefault(str(kind), []).append(f"{cell[0]} / {cell[1]}")
+                break
+    return found
+
+
 def _ours_cells(
     experiment: Experiment, results: dict[tuple[str, str], CellResult]
 ) -> dict[str, dict[str, list[float] | str]]:
@@ -139,6 +160,8 @@ def experiment_report(
     ]
     seed_counts = sorted({len(r.values) for r in results.values()})
     lines.append(f"Seeds per cell: {', '.join(map(str, seed_counts)) or 'none yet'}.")
+    for kind, cells in sorted(_eval_statistics(experiment, scale=scale, out=out).items()):
+        lines.append(f"Evaluated with {EVAL_STATISTICS_TEXT.get(kind, kind)}: {_listing(cells)}.")
     if seeds is not None:
         missing = [
             f"{row} / {column} seed {seed}"
