@@ -63,6 +63,9 @@ def test_table_specific_settings_reach_the_configs(tmp_path):
     assert (sn[("BN", "(8, 2)")].data.batch_size, sn[("BN", "(8, 2)")].model.virtual_batch_size) \
         == (16, 2)
     assert sn[("SN", "(8, 1)")].model.kwargs["norm_kwargs"] == {"using_bn": False}
+    assert {cell[0]: config.eval.statistics for cell, config in sn.items()} == {
+        "BN": "moving_average", "GN": "moving_average", "SN": "batch_average"}
+    assert {config.train.sync_stats for config in sn.values()} == {False}  # per GPU
     assert ("BN", "(8, 1)") not in sn
     tiny = {r.cell: r.config for r in plan_runs(get_experiment("sn_table2_batch_sizes"),
                                                 scale="tiny", seeds=(0,), out=tmp_path)}

@@ -25,7 +25,7 @@ def _column(setting: tuple[int, int]) -> str:
 def _cell(norm: str, setting: tuple[int, int]) -> Cell:
     gpus, per_gpu = setting
     norm_items = [f"model.norm={norm.lower()}"]
-    if norm == "BN":  # the recipe's batch-average inference is SN's (Sec. 3.1); BN moves
+    if norm != "SN":  # the recipe's batch-average inference is SN's (Sec. 3.1)
         norm_items.append("eval.statistics=moving_average")
     if norm == "SN" and per_gpu == 1:  # one sample: BN would be IN, the paper drops it
         norm_items.append("model.kwargs.norm_kwargs.using_bn=false")
@@ -62,6 +62,6 @@ register(Experiment(
         f"{TINY_BATCH} images (so (8, 32) trains as (2, 32)), with the learning rate scaled "
         "linearly from 0.1 at 64. SN is evaluated with the paper's batch average (200 "
         "training batches, 10 at the tiny scale, before every evaluation; summary.json's "
-        "eval_statistics), BN with its moving average, GN needs neither."
+        "eval_statistics), BN with its moving average (GN keeps no statistics)."
     ),
 ))
