@@ -1,4 +1,7 @@
-"""Two gloo processes on CPU with synced statistics equal one process with the whole batch.
+"""Two gloo processes on CPU with synced statistics equal one process with the whole batch,
+in the forward, the backward and, through a gradient penalty, to second order on both
+backends (the gather's backward is itself differentiable, and the fused backend's replay
+gathers again on every process).
 
 Every check runs inside the workers (one spawn for the whole module, to pay the process
 start-up once); a failed check raises there, and the parent test names it.
@@ -14,6 +17,7 @@ import torch.multiprocessing as mp
 
 import normlab
 from normlab.distributed import StatisticsSync, average_running_stats, to_sync
+from normlab.functional import BACKENDS
 
 from ..processes import run_processes
 
@@ -25,6 +29,8 @@ CASES = [
     for backend in ("fused", "reference")
     for split in SPLITS
 ]
+PENALTY_CASES = [(norm, backend) for norm in ("bn", "sn") for backend in BACKENDS]
+SAMPLES = 4  # per process, in the gradient-penalty checks
 
 
 def _model(norm: str, backend: str) -> torch.nn.Module:
@@ -92,6 +98,40 @@ def _check_switch_off_pickle_and_compile(rank: int) -> None:
         assert torch.equal(layer.running_var, torch.full((2,), 2.0))
 
 
+def _penalty_model(norm: str, backend: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        normlab.create_norm(norm, 4, backend=backend),
+        torch.nn.Tanh(),
+    )
+    return model.double().train()
+
+
+def _penalty_grads(model: torch.nn.Module, x: torch.Tensor):
+    """Gradients of ``sum(grad_x(sum(model(x)))^2)`` for the input and the parameters."""
+    x = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    grad.square().sum().backward()
+    return x.grad, [p.grad.clone() for p in model.parameters()]
+
+
+def _check_penalty(rank: int, norm: str, backend: str) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(WORLD * SAMPLES, 3, 4, 4, dtype=torch.float64)
+    mine = slice(rank * SAMPLES, (rank + 1) * SAMPLES)
+    single = _penalty_model(norm, backend)
+    x_grad, param_grads = _penalty_grads(single, x)
+    synced = to_sync(_penalty_model(norm, backend))
+    x_grad_mine, param_grads_mine = _penalty_grads(synced, x[mine])
+    torch.testing.assert_close(x_grad_mine, x_grad[mine], rtol=1e-10, atol=1e-12)
+    for summed, whole in zip(param_grads_mine, param_grads):
+        dist.all_reduce(summed)
+        torch.testing.assert_close(summed, whole, rtol=1e-10, atol=1e-12)
+    for synced_buffer, whole in zip(synced.buffers(), single.buffers()):  # moved once
+        torch.testing.assert_close(synced_buffer, whole, rtol=1e-12, atol=1e-12)
+
+
 def _worker(rank: int, failures) -> None:
     dist.init_process_group("gloo")
     try:
@@ -100,6 +140,11 @@ def _worker(rank: int, failures) -> None:
                 _check_case(rank, *case)
             except Exception:
                 failures.put((rank, case, traceback.format_exc()))
+        for norm, backend in PENALTY_CASES:
+            try:
+                _check_penalty(rank, norm, backend)
+            except Exception:
+                failures.put((rank, ("penalty", norm, backend), traceback.format_exc()))
         try:
             _check_switch_off_pickle_and_compile(rank)
         except Exception:
@@ -122,6 +167,12 @@ def failures(tmp_path_factory):
 @pytest.mark.parametrize("norm, backend, split", CASES)
 def test_two_processes_equal_one_process_with_the_whole_batch(failures, norm, backend, split):
     assert (norm, backend, split) not in failures, failures.get((norm, backend, split))
+
+
+@pytest.mark.parametrize("norm, backend", PENALTY_CASES)
+def test_gradient_penalty_through_synced_statistics(failures, norm, backend):
+    key = ("penalty", norm, backend)
+    assert key not in failures, failures.get(key)
 
 
 def test_sync_compiles_switches_off_and_pickles_without_its_group(failures):
