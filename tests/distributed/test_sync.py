@@ -99,13 +99,10 @@ def _check_switch_off_pickle_and_compile(rank: int) -> None:
 
 
 def _penalty_model(norm: str, backend: str) -> torch.nn.Module:
+    """conv -> norm -> tanh (smooth, so the penalty's second derivatives are not zero)."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        normlab.create_norm(norm, 4, backend=backend),
-        torch.nn.Tanh(),
-    )
-    return model.double().train()
+    layers = [torch.nn.Conv2d(3, 4, 3, padding=1), normlab.create_norm(norm, 4, backend=backend)]
+    return torch.nn.Sequential(*layers, torch.nn.Tanh()).double().train()
 
 
 def _penalty_grads(model: torch.nn.Module, x: torch.Tensor):
