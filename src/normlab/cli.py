@@ -354,7 +354,8 @@ def _add_training_commands(sub: Any, overrides: argparse.ArgumentParser) -> None
     sweep = argparse.ArgumentParser(add_help=False)
     sweep.add_argument("name", help="experiment name (see `normlab experiment list`)")
     sweep.add_argument("--scale", choices=("tiny", "full"), default="tiny",
-                       help="tiny: CPU-sized, built-in data (default); full: the paper's recipe")
+                       help="tiny: CPU-sized, built-in or sample data (default); full: the "
+                            "paper's recipe")
     sweep.add_argument("--seeds", type=int, metavar="N",
                        help=f"seeds 0..N-1 per cell (default {DEFAULT_SEEDS['tiny']} tiny, "
                             f"{DEFAULT_SEEDS['full']} full)")

@@ -5,8 +5,10 @@ An :class:`Experiment` names its rows and columns in the paper's order and says,
 cell runs at two scales:
 
 - ``full``: the paper's recipe (``Cell.config``), on the paper's data (local files);
-- ``tiny``: the config's CPU-sized variant (``<config>_tiny``, built-in data, minutes), with
-  the same norms and schedule shape. Cells that would repeat another cell there (a
+- ``tiny``: the config's CPU-sized variant (``<config>_tiny``, minutes), with the same norms
+  and schedule shape, on built-in data -- or, for the ImageNet recipes, streaming a small
+  ImageNet-format folder (``--data imagefolder=PATH``; ``normlab data sample OUT`` writes
+  one). Cells that would repeat another cell there (a
   CIFAR-100 column: the tiny data is the digits; another network: the tiny network is the
   same small ResNet) have ``tiny=False`` and are left out at that scale.
 

@@ -150,8 +150,9 @@ def experiment_report(
         f"# {experiment.name}: {experiment.title}",
         "",
         f"{experiment.source}. Scale: **{scale}**"
-        + (" (CPU-sized variants on built-in data: compare the ordering of the columns, not "
-           "the values, with the paper)." if scale == "tiny" else " (the paper's recipe)."),
+        + (" (CPU-sized variants on built-in or sample data: compare the ordering of the "
+           "columns, not the values, with the paper)." if scale == "tiny"
+           else " (the paper's recipe)."),
         "",
         f"## normlab: {unit}, {EPOCH_TEXT[experiment.epoch]}, mean ± std over seeds",
         "",

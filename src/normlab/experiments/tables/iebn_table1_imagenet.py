@@ -29,7 +29,8 @@ register(Experiment(
         "Recipe of the paper's Table 7 (appendix): 120 epochs, batch 256, lr 0.1 with x0.1 "
         "at 30, 60 and 90. The full scale reads ImageNet from a local class-per-folder tree "
         "(see each config's data.root). The authors report the best validation accuracy. "
-        "The tiny scale runs the ResNet34 row only, as a ResNet-18 on the built-in digits "
-        "(every network's tiny variant is that same ResNet-18)."
+        "The tiny scale runs the ResNet34 row only, as a ResNet-18 at 32x32 streaming a "
+        "sample folder (`--data imagefolder=PATH`; `normlab data sample OUT` writes one; "
+        "every network's tiny variant is that same ResNet-18)."
     ),
 ))
