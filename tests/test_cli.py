@@ -149,7 +149,8 @@ def test_experiment_list_run_skip_and_report(tmp_path, capsys):
     assert main(["experiment", "list"]) == 0
     assert "iebn_table2_constant_noise  IEBN paper, Table 2" in capsys.readouterr().out
     argv = ["experiment", "run", "bin_table1_cifar", "--seeds", "1", "--out", str(tmp_path),
-            "-q", "--set", "train.epochs=1"]
+            "-q", "--set", "train.epochs=1", "data.kwargs.size=8", "model.kwargs.widths=[4,4,4]",
+            "model.kwargs.stem_width=4"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[2/2] BIN / CIFAR-10, seed 0: final acc" in out
