@@ -19,7 +19,10 @@ from normlab.train import (
     resume,
     train,
 )
-from normlab.train.run_folder import FolderLock
+from normlab.train.errors import ConfigError
+from normlab.train.parallel import Parallel
+from normlab.train.run_folder import FolderLock, RunFolder
+from normlab.train.runner import _Run
 
 from .tiny import tiny_builders
 
@@ -313,3 +316,13 @@ def test_resume_repairs_the_folder_first(tiny_config, tmp_path):
     resume(folder, overrides=["train.epochs=2"], builders=tiny_builders(), log=lines.append)
     assert lines[0] == f"repaired {folder}: removed the unfinished write best.pt.tmp"
     assert not (folder / "best.pt.tmp").exists()
+
+
+def test_virtual_batches_with_synced_statistics_on_two_processes_is_a_config_error(
+    tiny_config, tmp_path
+):
+    config = tiny_config(model={"virtual_batch_size": 4})
+    folder = RunFolder.create(tmp_path / "runs", "vbs", "vbs")
+    with pytest.raises(ConfigError, match="train.sync_stats=false"):
+        _Run(config, folder, tiny_builders(), (), False, None,
+             (Parallel(rank=0, world_size=2), torch.device("cpu")))

@@ -255,6 +255,13 @@ class _Run:
         self.loaders = _shard_loaders(loaders, cfg, self.parallel)
         _check_checkpoint_every(cfg, self.loaders.train, self.task, self.device)
         if self.parallel.enabled and cfg.train.sync_stats:
+            if cfg.model.virtual_batch_size is not None:
+                raise ConfigError(
+                    f"model.virtual_batch_size={cfg.model.virtual_batch_size} and "
+                    "train.sync_stats=true do not combine on several processes: set "
+                    "train.sync_stats=false (each process keeps its statistics over groups "
+                    "of that size, as the SN recipes do) or model.virtual_batch_size=null"
+                )
             to_sync(model)
         self.model = model
         self.environment = environment(self.device)
