@@ -8,6 +8,7 @@ import copy
 import inspect
 import io
 import logging
+import math
 import re
 import warnings
 
@@ -16,7 +17,10 @@ import torch
 from torch.export import Dim
 
 import normlab
+from normlab.models.cifar_resnet import CifarResNet
+from normlab.models.resnet_blocks import BasicBlock
 from normlab.norms import NormBase
+from tests.norms.tables import EveryNorm
 
 # torch 2.14 deprecates torch.jit.script (FutureWarning on every call); it still works
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -217,8 +221,8 @@ def test_jit_script_save_load_round_trip(name, tmp_path):
     assert_scripted_like_eager(loaded, eager, SHAPES[2], training=True, steps=1)
 
 
-def test_jit_script_resnet20_with_every_norm_matches_eager():
-    """A whole (narrow) resnet20 whose norms cycle through every registered norm scripts
+def test_jit_script_resnet_with_every_norm_matches_eager():
+    """A whole (narrow) ResNet whose norms cycle through every registered norm scripts
     and matches eager in training and eval, also after a save/load round trip."""
     model = resnet_with_every_norm().to(torch.float64)
     eager = copy.deepcopy(model)
@@ -342,18 +346,14 @@ def test_inductor_fullgraph_matches_eager_in_training():
 
 
 def resnet_with_every_norm():
-    """normlab's resnet20 (narrow) whose norms cycle through every registered norm."""
+    """The smallest narrow CIFAR ResNet (6·blocks + 3 norm layers) whose norms, built by its
+    constructor, cycle through every registered norm."""
     torch.manual_seed(0)
-    model = normlab.create_model(
-        "resnet20", num_classes=3, norm="bn", widths=(4, 8, 8), stem_width=4
-    )
-    names = [n for n, m in model.named_modules() if isinstance(m, NormBase)]
-    for i, qualified in enumerate(names):
-        parent, _, child = qualified.rpartition(".")
-        old = model.get_submodule(qualified)
-        new = normlab.create_norm(NORMS[i % len(NORMS)], old.num_features)
-        setattr(model.get_submodule(parent), child, new)
-    assert {type(m) for m in model.modules()} >= {normlab.norms.resolve_norm(n) for n in NORMS}
+    blocks = max(1, math.ceil((len(NORMS) - 3) / 6))
+    norm = EveryNorm()
+    model = CifarResNet(BasicBlock, blocks, widths=(4, 8, 8), stem_width=4, num_classes=3,
+                        norm=norm)
+    assert set(norm.built) == set(NORMS)
     return model.eval()
 
 
