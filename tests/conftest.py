@@ -6,8 +6,14 @@ The suite runs one pytest-xdist worker per core (``addopts`` in ``pyproject.toml
 second intra-op thread per process only oversubscribes the cores; most tests also run many
 tiny ops, where the thread pool's hand-offs cost more than the work. Child processes (the
 command-line and multi-process tests) inherit ``OMP_NUM_THREADS=1``.
+
+Without CUDA, Triton is imported here with ``TRITON_INTERPRET=1`` (and the flag removed
+again): Triton's interpreter only works in a process whose first import of
+``triton.language`` saw the flag, and any test module importing torchvision or timm imports
+Triton while it is collected, before ``tests/functional/test_triton_kernels.py`` sets it.
 """
 
+import importlib.util
 import os
 
 import pytest
@@ -17,6 +23,23 @@ from normlab.data.sample_folder import write_sample_folder
 
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _import_triton_for_its_interpreter() -> None:
+    if torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        importlib.import_module("triton.language")
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+_import_triton_for_its_interpreter()
 
 
 def pytest_collection_modifyitems(config, items):

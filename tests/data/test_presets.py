@@ -50,7 +50,7 @@ def test_decode_size_hints():
 
 def test_random_resized_crop_covers_the_paper_scale_range_and_is_what_the_output_shows():
     transform = transform_preset("imagenet_train", size=64)
-    crop = transform.transforms[0]
+    crop = transform[0]
     image = _image(120, 160)
     fractions, ratios = [], []
     for seed in range(300):
@@ -101,8 +101,8 @@ def test_cifar_train_is_a_padded_crop_possibly_flipped():
 def test_imagenet_train_flips_a_whole_image_crop():
     image = _image(64, 64)
     transform = transform_preset("imagenet_train", size=64)
-    transform.transforms[0].scale = (1.0, 1.0)
-    transform.transforms[0].ratio = (1.0, 1.0)
+    transform[0].scale = (1.0, 1.0)
+    transform[0].ratio = (1.0, 1.0)
     outs = []
     for seed in range(20):
         torch.manual_seed(seed)
@@ -133,9 +133,9 @@ def test_lighting_refuses_a_float_image():
 
 
 def test_colour_preset_applies_jitter_and_lighting_after_the_crop():
-    names = [type(t).__name__ for t in transform_preset("imagenet_train_color", size=8).transforms]
+    names = [type(t).__name__ for t in transform_preset("imagenet_train_color", size=8)]
     assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "Lighting"]
-    jitter = transform_preset("imagenet_train_color", size=8).transforms[2]
+    jitter = transform_preset("imagenet_train_color", size=8)[2]
     assert jitter.brightness == jitter.contrast == jitter.saturation == (0.6, 1.4)
     assert jitter.hue is None
 

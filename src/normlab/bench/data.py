@@ -54,8 +54,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.datasets import ImageFolder
-from torchvision.transforms import v2
 
 from normlab.bench.measure import Timing
 from normlab.data.folder_index import index_image_folder, index_memory, write_empty_folder
@@ -335,6 +333,9 @@ class _Spec:
 
 
 def _torchvision_loader(spec: _Spec) -> torch.utils.data.DataLoader:
+    from torchvision.datasets import ImageFolder  # optional dependency: torchvision
+    from torchvision.transforms import v2  # optional dependency: torchvision
+
     mean, std = IMAGENET_STATS
     transform = v2.Compose([
         v2.PILToTensor(),
@@ -419,6 +420,8 @@ def _child(start_method: str, spec: _Spec, commands: Any, results: Any) -> None:
 
 
 def _child_index(start_method: str, root: str, commands: Any, results: Any) -> None:
+    from torchvision.datasets import ImageFolder  # optional dependency: torchvision
+
     try:
         memory = index_memory(root, "train")
         before = _rss_kib(os.getpid()) or 0

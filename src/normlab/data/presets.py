@@ -37,9 +37,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
 
 import torch
-from torchvision.transforms import v2
 
 __all__ = [
     "IMAGENET_PCA_EIGENVALUES",
@@ -63,8 +64,22 @@ IMAGENET_PCA_EIGENVECTORS = (
 """The matching eigenvectors, one per column (rows are R, G, B)."""
 
 
-class PresetTransform(v2.Compose):
-    """A ``v2.Compose`` with the preset's name and its decode-size hint.
+def _transforms_v2() -> ModuleType:
+    """``torchvision.transforms.v2``, imported when a preset is built (so that importing
+    normlab does not import torchvision)."""
+    try:
+        from torchvision.transforms import v2  # optional dependency: torchvision
+    except ImportError as error:
+        raise ImportError(
+            "the transform presets need torchvision; install it with "
+            "`pip install normlab[vision]`"
+        ) from error
+    return v2
+
+
+class PresetTransform(torch.nn.Sequential):
+    """The steps of a preset applied in order (as ``v2.Compose``), with the preset's name
+    and its decode-size hint.
 
     Args:
         transforms: The steps, applied in order.
@@ -73,14 +88,14 @@ class PresetTransform(v2.Compose):
     """
 
     def __init__(
-        self, transforms: Sequence[Callable[..., object]], *, name: str, min_size: int | None
+        self, transforms: Sequence[torch.nn.Module], *, name: str, min_size: int | None
     ) -> None:
-        super().__init__(list(transforms))
+        super().__init__(*transforms)
         self.name = name
         self.min_size = min_size
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, min_size={self.min_size},\n{super().extra_repr()}"
+        return f"name={self.name!r}, min_size={self.min_size}"
 
 
 class Lighting(torch.nn.Module):
@@ -173,7 +188,8 @@ def transform_preset(name: str, *, size: int) -> PresetTransform:
     return _PRESETS[name](size)
 
 
-def _random_resized_crop_flip(size: int) -> list[Callable[..., object]]:
+def _random_resized_crop_flip(size: int) -> list[Any]:
+    v2 = _transforms_v2()
     return [
         v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
         v2.RandomHorizontalFlip(),
@@ -196,7 +212,7 @@ def _imagenet_train_lighting(size: int) -> PresetTransform:
 
 @register_transform_preset("imagenet_train_color")
 def _imagenet_train_color(size: int) -> PresetTransform:
-    jitter = v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)
+    jitter = _transforms_v2().ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)
     return PresetTransform(
         [*_random_resized_crop_flip(size), jitter, Lighting(0.1)],
         name="imagenet_train_color",
@@ -206,6 +222,7 @@ def _imagenet_train_color(size: int) -> PresetTransform:
 
 @register_transform_preset("imagenet_eval")
 def _imagenet_eval(size: int) -> PresetTransform:
+    v2 = _transforms_v2()
     resize = eval_resize(size)
     return PresetTransform(
         [v2.Resize(resize, antialias=True), v2.CenterCrop(size)],
@@ -216,6 +233,7 @@ def _imagenet_eval(size: int) -> PresetTransform:
 
 @register_transform_preset("eval_center")
 def _eval_center(size: int) -> PresetTransform:
+    v2 = _transforms_v2()
     return PresetTransform(
         [v2.Resize(size, antialias=True), v2.CenterCrop(size)], name="eval_center", min_size=size
     )
@@ -223,6 +241,7 @@ def _eval_center(size: int) -> PresetTransform:
 
 @register_transform_preset("cifar_train")
 def _cifar_train(size: int) -> PresetTransform:
+    v2 = _transforms_v2()
     return PresetTransform(
         [v2.RandomCrop(size, padding=4, fill=0), v2.RandomHorizontalFlip()],
         name="cifar_train",
@@ -232,4 +251,5 @@ def _cifar_train(size: int) -> PresetTransform:
 
 @register_transform_preset("none")
 def _none(size: int) -> PresetTransform:
+    v2 = _transforms_v2()
     return PresetTransform([v2.Identity()], name="none", min_size=None)
