@@ -92,8 +92,8 @@ def test_every_imagenet_recipe_trains_two_batches_on_a_sample_folder(name, sampl
     argv = ["train", "-c", name, "-q", "--limit-batches", "2", "--set",
             f"data.root={sample_folder}", "train.device=cpu", f"run.out_dir={tmp_path}",
             "run.name=run", f"data.cache_dir={tmp_path / 'cache'}", "data.workers=1"]
-    if name in FULL:  # the paper's network and batch would take minutes on a CPU
-        argv += ["model.name=resnet18", "data.batch_size=8"]
+    if name in FULL:  # the paper's network, batch and image size would take minutes on a CPU
+        argv += ["model.name=resnet18", "data.batch_size=8", "data.kwargs.size=64"]
     assert main(argv) == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["status"], summary["epochs_done"], summary["limit_batches"]) == (
