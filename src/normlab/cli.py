@@ -2,7 +2,7 @@
 
 Commands::
 
-    normlab train -c CONFIG [--set key=value ...] [--quiet] [--print-config]
+    normlab train -c CONFIG [--set key=value ...] [--limit-batches N] [--quiet] [--print-config]
     normlab train --resume RUN_DIR|CHECKPOINT [--set key=value ...]
     torchrun --nproc-per-node K -m normlab train ...   (K processes, one per device)
     normlab eval RUN_DIR [--checkpoint last.pt|best.pt|prev.pt|PATH] [--recompute-stats N]

@@ -18,14 +18,10 @@ in the same tick would go unseen), and the next call lists the folder again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import resource
 import tempfile
 import time
-import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -34,6 +30,7 @@ import numpy as np
 
 from .errors import CorruptDatasetError
 from .image_folder import IMAGE_EXTENSIONS, ClassLayout, class_layout, no_images_error
+from .index_cache import CACHE_DIR_ENV, cache_file, default_cache_dir, load_index, store_index
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -44,20 +41,12 @@ __all__ = [
     "write_empty_folder",
 ]
 
-CACHE_DIR_ENV = "NORMLAB_CACHE_DIR"
-"""Environment variable naming the index cache folder."""
 OnBadFile = Literal["stop", "skip"]
 
 _FORMAT = 1
 _RACY_NS = 2_000_000_000
 SKIP_HINT = "or pass on_bad_file='skip' (data.on_bad_file=skip) to skip and count bad files"
 """The end of every bad-file message: how to skip bad files instead of stopping."""
-
-
-def default_cache_dir() -> Path:
-    """``$NORMLAB_CACHE_DIR`` when set, else ``~/.cache/normlab/index``."""
-    configured = os.environ.get(CACHE_DIR_ENV)
-    return Path(configured) if configured else Path.home() / ".cache" / "normlab" / "index"
 
 
 class FolderIndex:
@@ -213,61 +202,38 @@ def _mtimes(folders: Sequence[Path], since_ns: int) -> np.ndarray:
     return times
 
 
-def _cache_file(cache_dir: Path, key: dict[str, object]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_dir / f"folder-{digest}.npz"
-
-
 def _load_cached(file: Path, key: dict[str, object]) -> FolderIndex | None:
     """The cached index when ``file`` holds one for ``key`` whose folders are unchanged."""
+    loaded = load_index(file, key)
+    if loaded is None:
+        return None
+    record, arrays = loaded
     try:
-        with np.load(file, allow_pickle=False) as stored:
-            meta = json.loads(str(stored["meta"]))
-            if meta["key"] != key:
-                return None
-            recorded = stored["mtimes"]
-            folders = [Path(f) for f in meta["folders"]]
-            current = np.array([os.stat(f).st_mtime_ns for f in folders], dtype=np.int64)
-            if not np.array_equal(recorded, current):
-                return None
-            return FolderIndex(
-                meta["name"],
-                Path(meta["folder"]),
-                meta["classes"],
-                stored["names"],
-                stored["offsets"],
-                stored["labels"],
-                int(meta["bad_entries"]),
-            )
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None  # a broken cache file is rewritten
+        current = np.array(
+            [os.stat(f).st_mtime_ns for f in record["folders"]], dtype=np.int64
+        )
+    except OSError:
+        return None
+    if not np.array_equal(arrays["mtimes"], current):
+        return None
+    return FolderIndex(
+        record["name"], Path(record["folder"]), record["classes"], arrays["names"],
+        arrays["offsets"], arrays["labels"], int(record["bad_entries"]),
+    )
 
 
 def _store(file: Path, key: dict[str, object], index: FolderIndex, folders: list[Path],
            mtimes: np.ndarray) -> None:
-    """Write the cache file atomically (temporary file, then rename); warn on failure."""
-    meta = {
-        "key": key,
+    record = {
         "name": index.name,
         "folder": str(index.folder),
         "classes": list(index.classes),
         "bad_entries": index.bad_entries,
         "folders": [str(f) for f in folders],
     }
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as out:
-            np.savez(
-                out,
-                meta=np.array(json.dumps(meta)),
-                mtimes=mtimes,
-                names=index._names,
-                offsets=index._offsets,
-                labels=index._labels,
-            )
-        os.replace(out.name, file)
-    except OSError as error:
-        warnings.warn(f"cannot write the image folder index cache {file}: {error}", stacklevel=3)
+    arrays = {"mtimes": mtimes, "names": index._names, "offsets": index._offsets,
+              "labels": index._labels}
+    store_index(file, key, record, arrays)
 
 
 def index_image_folder(
@@ -316,7 +282,7 @@ def index_image_folder(
         "classes": None if classes is None else list(classes),
         "on_bad_file": on_bad_file,
     }
-    file = _cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), key)
+    file = cache_file(cache_dir, "folder", key)
     cached = _load_cached(file, key)
     if cached is not None:
         return cached

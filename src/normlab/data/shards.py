@@ -26,13 +26,10 @@ unpacked.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import tarfile
-import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +40,9 @@ import torch
 
 from .decode import decode_image
 from .errors import CorruptDatasetError, MissingDatasetError
-from .folder_index import default_cache_dir
 from .image_data import ImageData
 from .image_folder import IMAGE_EXTENSIONS, normalization_stats
+from .index_cache import cache_file, load_index, store_index
 from .presets import transform_preset
 from .seeding import seeded_generator
 from .streaming import SampleSource
@@ -388,37 +385,6 @@ def _signature(root: Path, shards: tuple[str, ...]) -> list[list[Any]]:
     return [[name, st.st_size, st.st_mtime_ns] for name, st in zip(shards, stats)]
 
 
-def _cache_file(cache_dir: Path, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_dir / f"shards-{digest}.npz"
-
-
-def _load_cached(file: Path, key: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """The cached index arrays when ``file`` holds the index of ``key`` (None otherwise)."""
-    try:
-        with np.load(file, allow_pickle=False) as stored:
-            if json.loads(str(stored["key"])) != key:
-                return None
-            return {name: stored[name] for name in stored.files if name != "key"}
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _store(file: Path, key: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Write the cache file atomically; a cache that cannot be written only warns."""
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as out:
-            np.savez(
-                out, key=np.array(json.dumps(key, sort_keys=True)), shard=arrays["shard"],
-                offset=arrays["offset"], size=arrays["size"], label=arrays["label"],
-                member=arrays["member"],
-            )
-        os.replace(out.name, file)
-    except OSError as error:
-        warnings.warn(f"cannot write the shard index cache {file}: {error}", stacklevel=3)
-
-
 def index_shards(
     root: str | Path, split: str = "train", *, cache_dir: str | Path | None = None
 ) -> ShardIndex:
@@ -447,11 +413,13 @@ def index_shards(
             root / missing[0], "shard listed but missing", "Restore it or re-pack the split"
         )
     key = {"root": str(root), "split": split, "signature": _signature(root, shards)}
-    file = _cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), key)
-    arrays = _load_cached(file, key)
-    if arrays is None:
+    file = cache_file(cache_dir, "shards", key)
+    loaded = load_index(file, key)
+    if loaded is None:
         arrays = _scan(root, shards)
-        _store(file, key, arrays)
+        store_index(file, key, {}, arrays)
+    else:
+        arrays = loaded[1]
     labels = arrays["label"]
     if classes is None:
         classes = tuple(str(c) for c in range(int(labels.max(initial=-1)) + 1))
