@@ -3,8 +3,7 @@
 For data sets too large for memory (ImageNet): a source knows its samples' labels and
 encoded bytes (an image folder, :func:`~normlab.data.folder_index.index_image_folder`, or
 WebDataset shards); the loader reads, decodes and augments each sample in
-``torch.utils.data.DataLoader`` worker processes, and normalizes whole batches on the device
-(in the workers when the device is the CPU).
+``torch.utils.data.DataLoader`` worker processes, and normalizes whole batches on the device.
 
 Determinism: epoch ``e``'s order is a permutation drawn from
 ``seeded_generator(seed, e)``, and every sample's augmentation runs under
@@ -125,14 +124,11 @@ class _Samples(Dataset[_Sample]):
 
 
 class _Collate:
-    """Stacks a worker's good samples into one batch in the loader's memory format (so
-    normalizing it writes in order) and lists the bad ones. With ``normalize`` (a CPU
-    device and worker processes) the workers also normalize, in parallel, as torchvision's
-    pipelines do; otherwise the uint8 batch is normalized on the device."""
+    """Stacks a worker's good samples into one uint8 batch in the loader's memory format
+    (so normalizing it on the device writes in order) and lists the bad ones."""
 
-    def __init__(self, channels_last: bool, normalize: Normalizer | None = None) -> None:
+    def __init__(self, channels_last: bool) -> None:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.normalize = normalize
 
     def __call__(self, samples: list[_Sample]) -> _Collated:
         good = [s for s in samples if not isinstance(s, _Bad)]
@@ -146,8 +142,6 @@ class _Collate:
         )
         for row, (image, _) in zip(images, good):
             row.copy_(image)
-        if self.normalize is not None:
-            return self.normalize(images), labels, bad
         return images, labels, bad
 
 
@@ -179,8 +173,7 @@ class StreamingLoader(EpochLoader):
 
     Each sample is read and decoded (:func:`~normlab.data.decode.decode_image`, at reduced
     size when ``transform.min_size`` allows), transformed as uint8, and batched in a
-    worker; the uint8 batch is pinned (CUDA), copied to ``device`` and normalized there
-    (on a CPU device with workers, the workers normalize it, in parallel).
+    worker; the uint8 batch is pinned (CUDA), copied to ``device`` and normalized there.
 
     With ``world_size`` K > 1, every pass yields the contiguous share (``tensor_split``
     order) of each global batch for process ``rank`` — the samples
@@ -290,10 +283,7 @@ class StreamingLoader(EpochLoader):
             _Samples(self.source, self.transform, len(self.mean)),
             batch_sampler=self._shares,
             num_workers=self.workers,
-            collate_fn=_Collate(
-                self.channels_last,
-                self.normalize if self.device.type == "cpu" and self.workers else None,
-            ),
+            collate_fn=_Collate(self.channels_last),
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.workers else None,
             persistent_workers=self.workers > 0,
@@ -356,4 +346,4 @@ class StreamingLoader(EpochLoader):
             self._image_shape = tuple(images.shape[1:])
             x = images.to(self.device, non_blocking=self.pin_memory)
             y = labels.to(self.device, non_blocking=self.pin_memory)
-            yield self._layout(x if x.is_floating_point() else self.normalize(x)), y
+            yield self._layout(self.normalize(x)), y
