@@ -73,6 +73,22 @@ def pillow_errors(name: str | Path) -> Iterator[None]:
         raise CorruptDatasetError(name, problem, _FIX) from error
 
 
+def _libjpeg_turbo_rgb(data: bytes) -> torch.Tensor | None:
+    """An RGB JPEG decoded by torchvision's libjpeg-turbo decoder as (C, H, W) with
+    channels-last strides, or ``None`` without torchvision. Its pixels equal Pillow's (both
+    are libjpeg-turbo with the same settings) and it decodes about 1.6x faster, measured on
+    500x375 photos; it raises on a truncated or corrupt file, like Pillow."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg  # optional dependency: torchvision
+    except ImportError:
+        return None
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (for TorchCodec)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        image: torch.Tensor = decode_jpeg(encoded, mode=ImageReadMode.RGB)
+    return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
 def decode_image(
     data: bytes, *, channels: int = 3, min_size: int | None = None, name: str
 ) -> torch.Tensor:
@@ -82,8 +98,11 @@ def decode_image(
     at the smallest of the scales 1, 1/2, 1/4, 1/8 whose shorter side stays at least
     ``min_size`` (both sides at least ``min_size``, so the shorter one does), which saves
     most of the decoding time when the target is much smaller than the image. Other
-    formats, and JPEGs too small to shrink, are decoded at full size. Without
-    ``min_size`` the result equals ``np.array(Image.open(file).convert(mode))``.
+    formats, and JPEGs too small to shrink, are decoded at full size; a full-size RGB JPEG
+    by torchvision's libjpeg-turbo decoder when torchvision is installed (same pixels,
+    faster; torchvision 0.29 deprecates its decoders, and without them Pillow decodes).
+    Without ``min_size`` the result equals
+    ``np.array(Image.open(file).convert(mode))``.
 
     Args:
         data: The file's bytes.
@@ -108,8 +127,13 @@ def decode_image(
     image_module, _ = import_pillow()
     mode = "RGB" if channels == 3 else "L"
     with pillow_errors(name), image_module.open(io.BytesIO(data)) as image:
+        full_size = image.size
         if min_size is not None and image.format == "JPEG":
             image.draft(None, (min_size, min_size))
+        if image.format == "JPEG" and image.mode == mode == "RGB" and image.size == full_size:
+            decoded = _libjpeg_turbo_rgb(data)
+            if decoded is not None:
+                return decoded
         image.load()
         pixels = np.array(image if image.mode == mode else image.convert(mode), dtype=np.uint8)
     return torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels)).permute(2, 0, 1)
