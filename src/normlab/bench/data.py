@@ -26,11 +26,13 @@ process) and PSS summed (shares them out: the group's real footprint).
 The index's memory is measured on a folder of 200,000 empty files
 (:func:`~normlab.data.folder_index.index_memory`), next to ImageFolder's list of paths.
 
-Measured on the shared 2-core CPU machine (5,000 generated JPEGs, median 485x384, 66 KiB;
-batch 64, 2 workers, ``imagenet_train``): at 224, 1.01x torchvision (12 turns, paired
-ratio spread 12 %; 0.97x in two 6-turn runs), peak PSS 632-654 MiB against 638-656 MiB;
-at 112, where Pillow's draft decodes at half size, 1.23-1.31x (0.91x without it). Index of
-200,000 empty files: 5.7 MiB of arrays, +11.1 MiB resident (ImageFolder: +39.7 MiB).
+Measured on the 2-core CPU machine (5,000 generated JPEGs, median 485x384, 66 KiB;
+batch 64, 2 workers, ``imagenet_train`` at 224, 12 turns): 1.35x torchvision with the
+streaming side decoding JPEGs through ``torchvision.io.decode_jpeg`` (paired-ratio spread
+14 %, the machine busy with other work), 0.98x (spread 6 %, quiet) when both sides decoded
+with Pillow; at 112, where Pillow's draft decodes at half size, 1.23-1.31x. Index of
+200,000 empty files: 5.7 MiB of arrays, +11.4-12.0 MiB resident (ImageFolder: +36.7-39.7
+MiB).
 """
 
 from __future__ import annotations
