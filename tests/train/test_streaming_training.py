@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from normlab.cli import main
 from normlab.data.errors import CorruptDatasetError
 from normlab.data.sample_folder import write_sample_folder
 from normlab.errors import ConfigError
@@ -261,3 +262,18 @@ def test_imagenet_recipe_peak_memory_on_20000_jpegs(tmp_path, capsys):
         print(f"\npeak RSS, iebn_imagenet_resnet50 (resnet18, batch 8) on {files} JPEGs, "
               f"--limit-batches 3: {peak_kib / 1024:.0f} MB")
     assert peak_kib / 1024 < RSS_LIMIT_MB
+
+
+def test_skipped_bad_files_are_counted_in_the_metrics_row(sample_folder, tmp_path):
+    folder = tmp_path / "imagenet"
+    shutil.copytree(sample_folder, folder)
+    broken = sorted((folder / "train").iterdir())[3]
+    for image in broken.iterdir():
+        image.write_bytes(image.read_bytes()[:300])  # truncated JPEGs
+    argv = ["train", "-c", "iebn_imagenet_resnet50_tiny", "-q", "--set",
+            f"data.root={folder}", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=1",
+            "data.workers=0", "train.device=cpu", f"run.out_dir={tmp_path}", "run.name=skip"]
+    assert main([*argv, "data.on_bad_file=skip"]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").open()]
+    assert 1 <= row["bad_files"] <= len(list(broken.iterdir()))
+    assert main([*argv, "run.name=stop"]) == 1

@@ -363,7 +363,8 @@ class Trainer:
 
         Returns:
             ``lr`` (at the epoch's first step), the task's training metrics,
-            ``images_per_s`` and ``data_wait_s``.
+            ``images_per_s``, ``data_wait_s`` and the loader's counters (``bad_files``
+            of a streaming loader).
 
         Raises:
             NonFiniteLossError: The loss became NaN or infinite; no update was applied.
@@ -425,7 +426,17 @@ class Trainer:
             **metric.compute(self.parallel),
             "images_per_s": self._global_images(images) / max(seconds, 1e-9),
             "data_wait_s": wait[0],
+            **self._loader_counts(loader),
         }
+
+    def _loader_counts(self, loader: Any) -> dict[str, int]:
+        """The loader's own counters (``epoch_stats()``, e.g. the bad files a streaming
+        loader skipped so far), summed over processes."""
+        stats = loader.epoch_stats() if hasattr(loader, "epoch_stats") else {}
+        if not stats:
+            return {}
+        totals = self.parallel.sum(*(torch.tensor(v, device=self.device) for v in stats.values()))
+        return {key: int(total) for key, total in zip(stats, totals)}
 
     def evaluate(self, loader: Iterable[Any], metric: Metric) -> dict[str, float]:
         """Evaluate the model on ``loader`` into ``metric`` (see :func:`evaluate`)."""
