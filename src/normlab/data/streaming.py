@@ -14,6 +14,7 @@ processes, or on where in the epoch a pass started.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Literal, NamedTuple, Protocol
 
@@ -298,26 +299,12 @@ class StreamingLoader(EpochLoader):
         """
         if self.world_size != 1:
             raise ValueError(f"this loader is already shard {self.rank} of {self.world_size}")
-        loader = StreamingLoader(
-            self.source,
-            self.batch_size,
-            train=self.shuffle,
-            transform=self.transform,
-            mean=self.mean,
-            std=self.std,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            seed=self.seed,
-            device=self.device,
-            workers=self.workers,
-            pin_memory=self.pin_memory,
-            prefetch_factor=self.prefetch_factor,
-            on_bad_file=self.on_bad_file,
-            channels_last=self.channels_last,
-            rank=rank,
-            world_size=world_size,
-        )
-        loader.epoch, loader.batch = self.epoch, self.batch
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        loader = copy.copy(self)  # same settings and position; its own sampler and workers
+        loader.rank, loader.world_size, loader.bad_files = rank, world_size, 0
+        loader._shares = _Shares(self.batch_size, len(self), rank, world_size)
+        loader._loader = loader._data_loader()
         return loader
 
     def epoch_stats(self) -> dict[str, int]:
