@@ -140,14 +140,15 @@ def _autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContext
 
 
 def _input_layout(forward: Callable[..., Any], channels_last: bool) -> Forward:
-    """``forward`` fed channels-last copies of 4-d inputs when ``channels_last``."""
+    """``forward`` fed a channels-last copy of a 4-d first input when ``channels_last``
+    (other arguments, e.g. a detector's targets, pass through unchanged)."""
     if not channels_last:
         return forward
 
-    def run(x: torch.Tensor) -> Any:
-        if x.dim() == 4:
+    def run(x: Any, *rest: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return forward(x)
+        return forward(x, *rest)
 
     return run
 
@@ -488,8 +489,9 @@ class Trainer:
 
         Returns:
             The epoch's row: ``epoch`` (finished epochs), ``lr``, the training and
-            evaluation metrics, ``images_per_s``, ``data_wait_s``, ``eval_time_s`` and
-            ``time_s`` (wall clock, the part before ``resume`` included).
+            evaluation metrics, the task's :meth:`~normlab.train.task.Task.epoch_record`,
+            ``images_per_s``, ``data_wait_s``, ``eval_time_s`` and ``time_s`` (wall
+            clock, the part before ``resume`` included).
 
         Raises:
             NonFiniteLossError: The training loss, an evaluation loss or the weights are
@@ -505,6 +507,7 @@ class Trainer:
                     num_batches=min(self.eval_stats_batches, self.steps(loaders.train)),
                 )
             row.update(self.evaluate(loaders.test, self.task.eval_metric(loaders, self.device)))
+        row.update(self.task.epoch_record(self.model))
         self.check_finite(row, epoch, self.steps(loaders.train))
         row["time_s"] = time.perf_counter() - start
         return row

@@ -16,6 +16,8 @@ the rest:
   :meth:`~normlab.train.parallel.Parallel.sum`; :class:`GatherMetric` collects per-sample
   predictions on every process and scores all of them once (COCO AP and other metrics that
   are not sums of per-batch counts);
+- **what the model's state adds to each epoch's row** (:meth:`Task.epoch_record`, e.g.
+  learned SN ratios over training);
 - **what decides** ``best.pt`` (:attr:`Task.monitor`, :attr:`Task.mode`), what
   ``summary.json`` reports (:meth:`Task.summary`) and the epoch line (:meth:`Task.epoch_line`);
 - **which config keys fix the network's shape** (:attr:`Task.architecture_keys`): a
@@ -55,8 +57,9 @@ __all__ = [
     "register_task",
 ]
 
-Forward = Callable[[torch.Tensor], Any]
-"""The model's forward pass as the engine runs it (compiled, DDP-wrapped, channels-last)."""
+Forward = Callable[..., Any]
+"""The model's forward pass as the engine runs it (compiled, DDP-wrapped, channels-last):
+called with the model's inputs (a batch tensor; a detector's images and targets)."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,13 @@ class Task(ABC):
     @abstractmethod
     def eval_metric(self, loaders: Loaders, device: torch.device) -> Metric:
         """A fresh evaluation metric for ``loaders.test`` (and loaders like it)."""
+
+    def epoch_record(self, model: nn.Module) -> dict[str, Any]:
+        """Entries of the model's state added to every epoch's metrics row after evaluation
+        (plain JSON values: numbers, lists, dicts), e.g. a detector's SN importance ratios
+        per component; default none."""
+        del model
+        return {}
 
     def is_better(self, value: float, best: float | None) -> bool:
         """Whether ``value`` of :attr:`monitor` beats ``best`` (``None``: nothing yet)."""
