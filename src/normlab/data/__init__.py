@@ -12,7 +12,10 @@ Example:
 
 from .augment import crop_flip, draw_crop_flip
 from .cifar import CIFAR10_STATS, CIFAR100_STATS, read_cifar10, read_cifar100
+from .coco import CocoSource, coco_sample_root, index_coco
+from .coco_sample import write_coco_sample
 from .decode import decode_image
+from .detection_loader import DetectionLoader
 from .digits import DIGITS_SPLITS, digits_split_indices, load_digits_data
 from .errors import CorruptDatasetError, DatasetError, MissingDatasetError
 from .folder_index import FolderIndex, index_image_folder
@@ -22,7 +25,14 @@ from .loader import DeviceLoader, Normalizer
 from .mixing import MixedLoader, count_primary_correct, mixed_num_classes, primary_logits
 from .mnist import FASHION_MNIST_STATS, MNIST_STATS, read_fashion_mnist, read_idx, read_mnist
 from .presets import list_transform_presets, register_transform_preset, transform_preset
-from .registry import DatasetInfo, create_dataset, create_source, dataset_info, list_datasets
+from .registry import (
+    DatasetInfo,
+    create_dataset,
+    create_detection_source,
+    create_source,
+    dataset_info,
+    list_datasets,
+)
 from .sample_folder import write_sample_folder
 from .shards import ShardIndex, index_shards, pack_folder
 from .streaming import SampleSource, StreamingLoader
@@ -40,9 +50,11 @@ __all__ = [
     "SEEN_STYLES",
     "SYNTHETIC_SPLITS",
     "UNSEEN_STYLES",
+    "CocoSource",
     "CorruptDatasetError",
     "DatasetError",
     "DatasetInfo",
+    "DetectionLoader",
     "DeviceLoader",
     "FolderIndex",
     "ImageData",
@@ -54,14 +66,17 @@ __all__ = [
     "StreamingLoader",
     "StyleSet",
     "channel_stats",
+    "coco_sample_root",
     "count_primary_correct",
     "create_dataset",
+    "create_detection_source",
     "create_source",
     "crop_flip",
     "dataset_info",
     "decode_image",
     "digits_split_indices",
     "draw_crop_flip",
+    "index_coco",
     "index_image_folder",
     "index_shards",
     "list_datasets",
@@ -83,5 +98,6 @@ __all__ = [
     "resize_images",
     "transform_preset",
     "with_channels",
+    "write_coco_sample",
     "write_sample_folder",
 ]

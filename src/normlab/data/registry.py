@@ -14,6 +14,15 @@ Names, whether they read from ``root``, their splits and their reader options:
   ``size``, ``seed``.
 - ``synthetic`` (built in): train, test; ``num_classes``, ``size``, ``channels``,
   ``train_size``, ``test_size``, ``noise``, ``seed``.
+- ``coco`` (root, task detection): COCO instances, any split name (``train2017``,
+  ``val2017``); ``masks``, ``train`` (:func:`~normlab.data.coco.index_coco`).
+- ``coco_sample`` (built in, task detection): train, val; ``masks``, ``train``
+  (:func:`~normlab.data.coco.index_coco_sample`).
+
+Detection data sets are indexed, not read into memory: :func:`create_detection_source`
+gives their :class:`~normlab.data.coco.CocoSource` (for
+:class:`~normlab.data.detection_loader.DetectionLoader`); :func:`create_dataset` and
+:func:`create_source` refuse them.
 
 Data sets with a ``source`` can also be streamed from disk (:func:`create_source`, for
 :class:`~normlab.data.streaming.StreamingLoader`): ``imagefolder``
@@ -28,8 +37,11 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .cifar import read_cifar10, read_cifar100
+from .coco import CocoSource, index_coco, index_coco_sample
+from .coco_sample import COCO_SAMPLE_SPLITS
 from .digits import DIGITS_SPLITS, load_digits_data
 from .folder_index import index_image_folder
 from .image_data import ImageData
@@ -39,7 +51,14 @@ from .shards import index_shards, read_shards
 from .streaming import SampleSource
 from .synthetic import SYNTHETIC_SPLITS, make_synthetic
 
-__all__ = ["DatasetInfo", "create_dataset", "create_source", "list_datasets", "dataset_info"]
+__all__ = [
+    "DatasetInfo",
+    "create_dataset",
+    "create_detection_source",
+    "create_source",
+    "dataset_info",
+    "list_datasets",
+]
 
 _TRAIN_TEST = ("train", "test")
 
@@ -50,21 +69,26 @@ class DatasetInfo:
 
     Attributes:
         name: Registry name.
-        reader: The function building it; called as ``reader(root, split, **options)`` when
-            ``needs_root``, else ``reader(split, **options)``.
+        reader: The function building it (an :class:`ImageData`; for a detection data set
+            its :class:`~normlab.data.coco.CocoSource`); called as
+            ``reader(root, split, **options)`` when ``needs_root``, else
+            ``reader(split, **options)``.
         needs_root: Whether the data are read from a local path.
         splits: Valid split names; ``None`` when any sub-folder name is valid.
         description: One line for listings.
-        source: The function indexing it for streaming, called as
-            ``source(root, split, **options)``; ``None`` when it is only read into memory.
+        source: The function indexing it for streaming, called like ``reader``; ``None``
+            when it is only read into memory.
+        task: ``"classification"`` (images and class labels) or ``"detection"`` (images
+            with boxes and masks, :class:`~normlab.data.coco.CocoSource`).
     """
 
     name: str
-    reader: Callable[..., ImageData]
+    reader: Callable[..., Any]
     needs_root: bool
     splits: tuple[str, ...] | None
     description: str
-    source: Callable[..., SampleSource] | None = None
+    source: Callable[..., Any] | None = None
+    task: str = "classification"
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -109,6 +133,15 @@ _DATASETS = {
         DatasetInfo(
             "synthetic", make_synthetic, False, SYNTHETIC_SPLITS, "procedural class patterns"
         ),
+        DatasetInfo(
+            "coco", index_coco, True, None, "COCO instances (boxes, masks; pycocotools)",
+            source=index_coco, task="detection",
+        ),
+        DatasetInfo(
+            "coco_sample", index_coco_sample, False, COCO_SAMPLE_SPLITS,
+            "built-in COCO-format shapes and digits (boxes, masks)",
+            source=index_coco_sample, task="detection",
+        ),
     )
 }
 
@@ -142,6 +175,16 @@ def _check_arguments(
         raise ValueError(f"unknown {info.name} {kind}(s) {unknown}; valid: {valid}")
 
 
+def _refuse_detection(info: DatasetInfo, function: str) -> None:
+    """Refuse a detection data set in a function building classification data."""
+    if info.task == "detection":
+        raise ValueError(
+            f"data set {info.name!r} is a detection data set (boxes and masks): {function} "
+            "builds classification data; index it with create_detection_source and batch "
+            "it with DetectionLoader"
+        )
+
+
 def create_dataset(
     name: str, root: str | Path | None = None, split: str = "train", **options: object
 ) -> ImageData:
@@ -160,6 +203,7 @@ def create_dataset(
         MissingDatasetError, CorruptDatasetError: From the readers.
     """
     info = dataset_info(name)
+    _refuse_detection(info, "create_dataset")
     _check_arguments(info, split, options, info.options, "option")
     if info.needs_root:
         if root is None:
@@ -187,6 +231,7 @@ def create_source(
         MissingDatasetError, CorruptDatasetError: From the source.
     """
     info = dataset_info(name)
+    _refuse_detection(info, "create_source")
     if info.source is None:
         streamable = ", ".join(n for n in list_datasets() if _DATASETS[n].source is not None)
         raise ValueError(
@@ -195,4 +240,35 @@ def create_source(
     _check_arguments(info, split, options, info.source_options, "source option")
     if root is None:
         raise ValueError(f"data set {info.name!r} is streamed from disk: pass root=<its folder>")
+    return info.source(root, split, **options)
+
+
+def create_detection_source(
+    name: str, root: str | Path | None = None, split: str = "train", **options: Any
+) -> CocoSource:
+    """Index a detection data set by name (for :class:`~normlab.data.DetectionLoader`).
+
+    Args:
+        name: A data set of task ``"detection"`` (``coco``, ``coco_sample``).
+        root: Local path of the data; refused by built-in data.
+        split: Split name.
+        **options: Indexer options (``masks``, ``train``).
+
+    Raises:
+        ValueError: For an unknown name, a classification data set, an unknown split or
+            option, or a root missing or given to built-in data.
+        MissingDatasetError, CorruptDatasetError: From the indexer.
+    """
+    info = dataset_info(name)
+    if info.task != "detection" or info.source is None:
+        detection = ", ".join(n for n in list_datasets() if _DATASETS[n].task == "detection")
+        raise ValueError(f"data set {info.name!r} is not a detection data set; detection: "
+                         f"{detection}")
+    _check_arguments(info, split, options, info.source_options, "source option")
+    if not info.needs_root:
+        if root is not None:
+            raise ValueError(f"data set {info.name!r} is built in and takes no root (got {root!r})")
+        return info.source(split, **options)
+    if root is None:
+        raise ValueError(f"data set {info.name!r} is read from disk: pass root=<its folder>")
     return info.source(root, split, **options)

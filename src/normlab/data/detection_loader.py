@@ -1,0 +1,302 @@
+"""Batches of detection samples streamed from disk: :class:`DetectionLoader`.
+
+Images of a detection batch differ in size (the detector's ``GeneralizedRCNNTransform``
+resizes, normalizes and pads them, and maps its predictions back to the original size), so
+a batch is a list of images with a list of targets. Each sample is read, decoded, given its
+target (boxes, labels, masks) and flipped in a ``torch.utils.data.DataLoader`` worker; the
+main process moves it to the device as float32 in [0, 1].
+
+Determinism (as :class:`~normlab.data.streaming.StreamingLoader`): epoch ``e``'s order,
+aspect-ratio groups and sample keys come from ``seeded_generator(seed, e)``, and each
+sample's flip and seed from a generator seeded with (that epoch's key, its index), so a
+batch does not depend on the number of workers or processes, nor on where a pass started.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .coco import CocoSource
+from .decode import decode_image
+from .detection_transforms import hflip_sample
+from .errors import CorruptDatasetError, DatasetError
+from .folder_index import SKIP_HINT
+from .loader import EpochLoader
+from .seeding import seeded_generator
+from .streaming import _Bad
+
+__all__ = ["DetectionBatch", "DetectionLoader", "aspect_grouped_batches"]
+
+DetectionBatch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+"""``(images, targets)``: float32 (3, H, W) images and their target dicts."""
+_EPOCH_KEYS = 2**62
+_SEEDS = 2**62
+
+_Sample = tuple[torch.Tensor, dict[str, Any]] | _Bad
+
+
+class _Samples(Dataset[_Sample]):
+    """Decodes one image and its target per key ``(epoch key, index)``; never raises for a
+    bad file (a worker traceback would end the run without naming it), returns a marker."""
+
+    def __init__(self, source: CocoSource, masks: bool, flip_prob: float) -> None:
+        self.source = source
+        self.masks = masks
+        self.flip_prob = flip_prob
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> _Sample:
+        epoch_key, index = key
+        generator = seeded_generator(epoch_key, index)
+        flip = bool(torch.rand((), generator=generator) < self.flip_prob)
+        seed = int(torch.randint(_SEEDS, (1,), generator=generator))
+        name = self.source.describe(index)
+        try:
+            image = decode_image(self.source.read(index), channels=3, name=name)
+        except DatasetError as error:
+            return _Bad(str(error.path), error.problem, error.hint)
+        except OSError as error:
+            problem = f"cannot read the file ({error.strerror or error})"
+            return _Bad(name, problem, "Check the file and its disk")
+        height, width = self.source.size(index)
+        if tuple(image.shape[-2:]) != (height, width):
+            return _Bad(
+                name,
+                f"the image is {image.shape[-2]}x{image.shape[-1]} (height x width) but "
+                f"{self.source.annotation_file.name} says {height}x{width}",
+                "Fix the image's size in the annotation file",
+            )
+        target = {
+            k: torch.from_numpy(v) for k, v in self.source.target(index, masks=self.masks).items()
+        }
+        image = image.contiguous()
+        if flip:
+            image, target = hflip_sample(image, target)
+        return image, {**target, "image_id": self.source.image_id(index), "seed": seed}
+
+
+def _keep(samples: list[_Sample]) -> list[_Sample]:
+    """The collate function: the samples as they are (images differ in size)."""
+    return samples
+
+
+def aspect_grouped_batches(
+    order: torch.Tensor, groups: np.ndarray, batch_size: int, drop_last: bool
+) -> list[torch.Tensor]:
+    """Batches of ``order`` whose samples share a group (torchvision's
+    ``GroupedBatchSampler``): walking ``order``, a sample joins its group's open batch,
+    which is emitted when full; with ``drop_last`` the incomplete batches left at the end
+    are dropped, else they follow, by group.
+
+    Args:
+        order: int64 (N,) sample indices in visiting order.
+        groups: (number of samples,) group of every sample.
+        batch_size: Samples per batch.
+        drop_last: Drop each group's incomplete last batch.
+    """
+    open_batches: dict[int, list[int]] = {}
+    batches = []
+    for index in order.tolist():
+        batch = open_batches.setdefault(int(groups[index]), [])
+        batch.append(index)
+        if len(batch) == batch_size:
+            batches.append(torch.tensor(batch, dtype=torch.int64))
+            batch.clear()
+    if not drop_last:
+        left = (b for _, b in sorted(open_batches.items()) if b)
+        batches += [torch.tensor(b, dtype=torch.int64) for b in left]
+    return batches
+
+
+class _Shares:
+    """Batch sampler: this process's contiguous share of each global batch of the epoch,
+    from batch ``start`` on, as keys ``(epoch key, index)``."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.batches: list[torch.Tensor] = []
+        self.epoch_key = 0
+        self.start = 0
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches[self.start :]:
+            share = batch.tensor_split(self.world_size)[self.rank]
+            yield [(self.epoch_key, i) for i in share.tolist()]
+
+
+class DetectionLoader(EpochLoader):
+    """Detection batches (images of their own sizes, targets) from a :class:`CocoSource`.
+
+    Training visits the images in a seeded random order, in batches of one aspect-ratio
+    group (landscape: width >= height, or portrait; :func:`aspect_grouped_batches`), so a
+    padded batch wastes little; evaluation visits them in order, ungrouped, keeping the
+    last incomplete batch.
+
+    With :meth:`shard`, process ``rank`` of ``world_size`` gets the contiguous share
+    (``tensor_split`` order) of each global batch and decodes only that share; ``len()``
+    is the number of global batches either way.
+
+    Bad files (unreadable, corrupt, or of another size than the annotation file says)
+    never raise inside a worker. With ``on_bad_file="stop"`` the main process raises a
+    one-line :class:`CorruptDatasetError` naming the file; with ``"skip"`` the sample is
+    dropped from its batch and counted (:meth:`epoch_stats`).
+
+    Args:
+        source: The indexed split (:func:`~normlab.data.coco.index_coco`).
+        batch_size: Images per global batch.
+        train: Training (shuffled, grouped, flipped) or evaluation (in order).
+        seed: Seed of order, groups, flips and sample seeds.
+        device: Device of the images and targets.
+        masks: Whether targets carry instance masks.
+        flip_prob: Probability of a horizontal flip per training image.
+        workers: DataLoader worker processes (0: decode in this process); they persist
+            across epochs.
+        drop_last: In training, drop the incomplete last batch (of each group).
+        group_aspect: In training, batch images of one aspect-ratio group.
+        on_bad_file: ``"stop"`` or ``"skip"`` (see above).
+
+    Yields:
+        ``(images, targets)``: lists of float32 (3, H, W) images in [0, 1] on ``device``
+        (original size, flipped or not) and of dicts ``boxes`` (R, 4) float32 xyxy in
+        pixels, ``labels`` (R,) int64 in 1..K, ``masks`` (R, H, W) uint8 (with
+        ``masks``), ``image_id`` (int) and ``seed`` (int, of the sample's RoI sampling:
+        a function of ``(seed, epoch, index)``).
+    """
+
+    def __init__(
+        self,
+        source: CocoSource,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        device: torch.device | str,
+        masks: bool,
+        flip_prob: float = 0.5,
+        workers: int = 4,
+        drop_last: bool = True,
+        group_aspect: bool = True,
+        on_bad_file: Literal["stop", "skip"] = "stop",
+    ) -> None:
+        super().__init__(seed, channels_last=False)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if workers < 0:
+            raise ValueError(f"workers must be non-negative, got {workers}")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}")
+        if on_bad_file not in ("stop", "skip"):
+            raise ValueError(f"on_bad_file must be 'stop' or 'skip', got {on_bad_file!r}")
+        self.source = source
+        self.batch_size = batch_size
+        self.train = train
+        self.device = torch.device(device)
+        self.masks = masks
+        self.flip_prob = flip_prob if train else 0.0
+        self.workers = workers
+        self.drop_last = drop_last and train
+        self.group_aspect = group_aspect and train
+        self.on_bad_file = on_bad_file
+        self.pin_memory = self.device.type == "cuda"
+        self.groups = (source.aspect_ratios() >= 1.0).astype(np.int8)
+        self.rank, self.world_size = 0, 1
+        self.bad_files = 0
+        """Bad files skipped so far (``on_bad_file="skip"``)."""
+        if self.drop_last and len(self) == 0:
+            raise ValueError(
+                f"{source.name} has {len(source)} images, fewer than one batch of "
+                f"{batch_size} (per aspect-ratio group when grouped), and drop_last is set: "
+                "no batch would be produced"
+            )
+        self._shares = _Shares(0, 1)
+        self._loader = self._data_loader()
+
+    def __len__(self) -> int:
+        if self.group_aspect:
+            counts = np.bincount(self.groups, minlength=2)
+        else:
+            counts = np.array([len(self.source)])
+        if self.drop_last:
+            return int((counts // self.batch_size).sum())
+        return int((-(-counts // self.batch_size)).sum())
+
+    def _data_loader(self) -> DataLoader[_Sample]:
+        return DataLoader(
+            _Samples(self.source, self.masks, self.flip_prob),
+            batch_sampler=self._shares,
+            num_workers=self.workers,
+            collate_fn=_keep,
+            pin_memory=self.pin_memory,
+            prefetch_factor=2 if self.workers else None,
+            persistent_workers=self.workers > 0,
+            generator=torch.Generator(),  # its draws (worker base seeds) spare the global one
+        )
+
+    def shard(self, rank: int, world_size: int) -> DetectionLoader:
+        """The loader of process ``rank`` of ``world_size``, at this loader's position.
+
+        Raises:
+            ValueError: If this loader is itself a shard, or ``rank`` is out of range.
+        """
+        if self.world_size != 1:
+            raise ValueError(f"this loader is already shard {self.rank} of {self.world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        loader = copy.copy(self)  # same settings and position; its own sampler and workers
+        loader.rank, loader.world_size, loader.bad_files = rank, world_size, 0
+        loader._shares = _Shares(rank, world_size)
+        loader._loader = loader._data_loader()
+        return loader
+
+    def epoch_stats(self) -> dict[str, int]:
+        """``{"bad_files": n}``: bad files skipped so far."""
+        return {"bad_files": self.bad_files}
+
+    def _epoch(self, generator: torch.Generator) -> list[torch.Tensor]:
+        """The epoch's global batches (sample indices); draws the epoch key too."""
+        n = len(self.source)
+        order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
+        self._shares.epoch_key = int(torch.randint(_EPOCH_KEYS, (1,), generator=generator))
+        if self.group_aspect:
+            return aspect_grouped_batches(order, self.groups, self.batch_size, self.drop_last)
+        return list(order[: len(self) * self.batch_size].split(self.batch_size))
+
+    def _to_device(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[
+        torch.Tensor, dict[str, Any]
+    ]:
+        moved = {
+            k: v.to(self.device, non_blocking=self.pin_memory) if isinstance(v, torch.Tensor)
+            else v
+            for k, v in target.items()
+        }
+        pixels = image.to(self.device, non_blocking=self.pin_memory).to(torch.float32)
+        return pixels.div_(255.0), moved
+
+    def _batches(self, generator: torch.Generator, start: int) -> Iterator[Any]:
+        self._shares.batches = self._epoch(generator)
+        self._shares.start = start
+        batches = iter(self._loader)
+        for samples in batches:
+            bad = [s for s in samples if isinstance(s, _Bad)]
+            if bad and self.on_bad_file == "stop":
+                # the error's traceback holds this frame: drop the workers now, not when a
+                # garbage collection finds the cycle (the next pass starts new ones)
+                del batches
+                self._loader = self._data_loader()
+                first = bad[0]
+                raise CorruptDatasetError(first.path, first.problem, f"{first.hint}, {SKIP_HINT}")
+            self.bad_files += len(bad)
+            moved = [self._to_device(*s) for s in samples if not isinstance(s, _Bad)]
+            yield [image for image, _ in moved], [target for _, target in moved]
