@@ -12,6 +12,12 @@ cell runs at two scales:
   CIFAR-100 column: the tiny data is the digits; another network: the tiny network is the
   same small ResNet) have ``tiny=False`` and are left out at that scale.
 
+Most tables have one run per (row, column) and show one number of it (top-1 error or
+accuracy). A table whose columns are several numbers of *one* run per row (the SN paper's
+detection tables: AP, AP.5, AP.75, ... of each backbone / head pair) names those numbers
+with :attr:`Experiment.metrics` (column -> ``summary.json`` key) and keeps each row's run
+under ``(row, RUN)``.
+
 Experiments register themselves by name (:func:`register`) from one module per table.
 """
 
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "RUN",
     "SCALES",
     "Cell",
     "Experiment",
@@ -35,15 +42,20 @@ __all__ = [
 
 SCALES = ("tiny", "full")
 
+RUN = "run"
+"""The column key of each row's one run in a table whose columns are metrics
+(:attr:`Experiment.metrics`): ``cells[(row, RUN)]``."""
+
 
 _TRANSLITERATION = {"γ": "gamma", "β": "beta", "ρ": "rho", "δ": "delta", "×": "x", "+": " plus ",
-                    "\u0302": "hat"}
+                    "\u0302": "hat", "†": " frozen ", "‡": " scratch "}
 
 
 def label_slug(label: str) -> str:
     """A folder name for a row or column label: lower case ASCII letters, digits, dots and
     dashes; Greek letters spelled out, a minus sign before a number kept as ``m``
-    (``"γ̂ = -1"`` -> ``"gammahat-m1"``)."""
+    (``"γ̂ = -1"`` -> ``"gammahat-m1"``), the SN paper's frozen (†) and from-scratch (‡)
+    marks as words (``"BN‡ / BN"`` -> ``"bn-scratch-bn"``)."""
     text = "".join(_TRANSLITERATION.get(ch, ch) for ch in label.lower())
     text = re.sub(r"(?<![a-z0-9.])-(?=[0-9])", "m", text)
     return re.sub(r"[^a-z0-9.]+", "-", text).strip("-")
@@ -99,15 +111,22 @@ class Experiment:
         columns: Column labels in the paper's order.
         cells: ``cells[(row, column)]``; a missing key is a blank in the paper's table.
         metric: ``"error"`` (top-1 error, %) or ``"accuracy"`` (top-1 accuracy, %), as the
-            paper reports it.
+            paper reports it. With :attr:`metrics`: whether smaller (``"error"``) or larger
+            (``"accuracy"``) numbers are better.
         epoch: ``"last"`` (the last epoch's test result) or ``"best"`` (the best over
-            epochs, when that is how the paper's authors reported it).
+            epochs, when that is how the paper's authors reported it). Not used with
+            :attr:`metrics` (their keys say which epoch).
         best_within: The report sets the best entry of each ``"row"`` (columns are the
             contenders, e.g. norms) or of each ``"column"`` in bold.
         curves: The paper shows test accuracy against the epoch (a figure): the report
             draws every cell's curve, mean ± std over seeds.
         paper: The paper's numbers, ``paper[(row, column)]`` as printed (strings).
         notes: What differs from the paper, or how to read the table (Markdown).
+        metrics: Column label -> ``summary.json`` key (e.g. ``"AP.5"`` -> ``"final_box_ap50"``):
+            the columns are these numbers of one run per row, ``cells[(row, RUN)]``, shown
+            as recorded; empty (default): one run per (row, column), showing ``metric``.
+        unit: What the numbers are, for the report's headings; ``None``: top-1 ``metric``
+            (%).
     """
 
     name: str
@@ -122,6 +141,8 @@ class Experiment:
     curves: bool = False
     paper: Mapping[tuple[str, str], str] = field(default_factory=dict)
     notes: str = ""
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    unit: str | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in ("error", "accuracy"):
@@ -136,16 +157,27 @@ class Experiment:
             if clash:
                 raise ValueError(f"{self.name}: {kind} labels {clash} give the same or an empty "
                                  "folder name; make them differ in letters or digits")
-        for key in (*self.cells, *self.paper):
-            if key[0] not in self.rows or key[1] not in self.columns:
-                raise ValueError(f"{self.name}: cell {key} is not in the rows and columns")
+        if self.metrics and tuple(self.metrics) != self.columns:
+            raise ValueError(f"{self.name}: the columns {self.columns} must be the metrics' "
+                             f"labels {tuple(self.metrics)}, in that order")
+        for keys, columns in ((self.cells, self.run_columns), (self.paper, self.columns)):
+            for key in keys:
+                if key[0] not in self.rows or key[1] not in columns:
+                    raise ValueError(f"{self.name}: cell {key} is not in the rows and "
+                                     f"columns {columns}")
+
+    @property
+    def run_columns(self) -> tuple[str, ...]:
+        """The column keys of :attr:`cells`: :attr:`columns`, or ``(RUN,)`` when the
+        columns are :attr:`metrics` of one run per row."""
+        return (RUN,) if self.metrics else self.columns
 
     def runs(self, scale: str) -> list[tuple[tuple[str, str], str, tuple[str, ...]]]:
         """``((row, column), config, overrides)`` of every cell that runs at ``scale``,
         in reading order (row by row)."""
         out = []
         for row in self.rows:
-            for column in self.columns:
+            for column in self.run_columns:
                 cell = self.cells.get((row, column))
                 spec = cell.at(scale) if cell is not None else None
                 if spec is not None:

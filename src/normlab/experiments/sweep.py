@@ -271,18 +271,21 @@ def run_experiment(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    shown = next(iter(experiment.metrics.values()), "final_acc")
     with FolderLock(folder, "sweep folder"):
-        return _sweep(planned, progress=progress, log=log, builders=builders)
+        return _sweep(planned, shown=shown, progress=progress, log=log, builders=builders)
 
 
 def _sweep(
     planned: list[PlannedRun],
     *,
+    shown: str,
     progress: bool,
     log: Callable[[str], None],
     builders: Builders | None,
 ) -> dict[str, int]:
-    """The body of :func:`run_experiment`, under the sweep's lock."""
+    """The body of :func:`run_experiment`, under the sweep's lock; each finished run's
+    line shows its ``summary.json`` entry ``shown``."""
     statuses = [run_status(run) for run in planned]
     todo = sum(status in (NEW, RESUMABLE) for status in statuses)
     counts = {"trained": 0, "resumed": 0, "skipped": 0, "diverged": 0}
@@ -312,6 +315,6 @@ def _sweep(
             counts["diverged"] += 1
             log(f"{label}: diverged ({exc})")
         else:
-            log(f"{label}: final acc {summary['final_acc']:.2f}")
+            log(f"{label}: {shown.replace('_', ' ')} {summary[shown]:.2f}")
         spent.append(time.perf_counter() - start)
     return counts

@@ -1,4 +1,5 @@
-"""PNG figures: accuracy per setting and norm, and what each norm learned per layer.
+"""PNG figures: accuracy per setting and norm, what each norm learned per layer, and how
+SN's ratios per network component moved over training.
 
 A norm's figure is data it registers (:class:`~normlab.norms.FigureSpec`); the drawers of
 each figure kind live here. Figures are drawn with matplotlib's non-interactive Agg backend.
@@ -19,6 +20,7 @@ __all__ = [
     "draw_norm_figure",
     "learned_figures",
     "learning_curves_figure",
+    "ratio_dynamics_figure",
     "style_images_figure",
     "style_losses_figure",
 ]
@@ -260,4 +262,47 @@ def learning_curves_figure(curves: Mapping[str, Sequence[Sequence[float]]], path
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+RATIO_PARTS = ("IN", "LN", "BN")
+"""The normalizers of SN's ratios, in the order of their records (SN Eqn. 3)."""
+
+
+def ratio_dynamics_figure(
+    records: Sequence[Mapping[str, Mapping[str, Sequence[float]]]], path: str | Path
+) -> Path:
+    """SN's ratios per network component over training, as in the SN paper's Figs. 10(b)
+    and 11: one column of panels per component (backbone, FPN, box head, mask head, in the
+    order they first appear), the mean ratios on top and the variance ratios below, a line
+    per normalizer (IN, LN, BN) against the epoch.
+
+    Args:
+        records: One entry per epoch: ``records[e][component] = {"mean": [in, ln, bn],
+            "var": [in, ln, bn]}`` (a detector's ``sn_ratios``); a component missing from an
+            epoch's record leaves a gap.
+        path: The PNG to write.
+    """
+    plt = _pyplot()
+    components = list(dict.fromkeys(name for record in records for name in record))
+    panels = max(len(components), 1)
+    fig, axes = plt.subplots(2, panels, figsize=(3.2 * panels + 1, 5), sharex=True,
+                             sharey=True, squeeze=False)
+    epochs = range(1, len(records) + 1)
+    for column, component in enumerate(components):
+        for row, key in enumerate(("mean", "var")):
+            ax = axes[row][column]
+            for k, part in enumerate(RATIO_PARTS):
+                ys = [r[component][key][k] if component in r else float("nan") for r in records]
+                ax.plot(epochs, ys, marker="o", markersize=3, label=part)
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(component.replace("_", " "))
+            if column == 0:
+                ax.set_ylabel(f"{key} ratio")
+            if row == 1:
+                ax.set_xlabel("epoch")
+                ax.locator_params(axis="x", integer=True)
+    axes[0][0].legend(fontsize=8)
     return _save(fig, path)
