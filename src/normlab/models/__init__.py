@@ -26,6 +26,13 @@ from normlab.models.cifar_resnet import (
     wrn28_10,
 )
 from normlab.models.densenet import DenseNet, densenet100_12
+from normlab.models.detection import (
+    detector_components,
+    fasterrcnn_c4_resnet50,
+    fasterrcnn_fpn_resnet50,
+    maskrcnn_fpn_resnet50,
+    set_sample_seeds,
+)
 from normlab.models.imagenet_resnet import (
     ResNet,
     resnet18,
@@ -61,8 +68,12 @@ __all__ = [
     "alexnet",
     "create_model",
     "densenet100_12",
+    "detector_components",
+    "fasterrcnn_c4_resnet50",
+    "fasterrcnn_fpn_resnet50",
     "list_models",
     "load_vgg16_features",
+    "maskrcnn_fpn_resnet50",
     "model_info",
     "preresnet110",
     "preresnet164",
@@ -81,6 +92,7 @@ __all__ = [
     "resnet164",
     "resnext29_8x64d",
     "resnext50_32x4d",
+    "set_sample_seeds",
     "transformer_net",
     "vgg16_features",
     "vgg19",
