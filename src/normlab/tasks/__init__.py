@@ -1,9 +1,10 @@
 """What differs between kinds of training, as tasks on the one engine (:mod:`normlab.train`).
 
 Importing this package registers every task with :func:`normlab.train.task.register_task`:
-``classification`` (the default of a run config) and ``style_transfer``. A new kind of
-training (detection, segmentation, video) is one module here: a
-:class:`~normlab.train.task.Task` subclass and its metrics, imported below.
+``classification`` (the default of a run config), ``style_transfer`` and ``detection``
+(COCO detection and instance segmentation). A new kind of training (segmentation, video)
+is one module here: a :class:`~normlab.train.task.Task` subclass and its metrics, imported
+below.
 """
 
 from normlab.tasks.classification import (
@@ -12,6 +13,8 @@ from normlab.tasks.classification import (
     TrainAccuracy,
     evaluate_classifier,
 )
+from normlab.tasks.coco_eval import CocoEvaluator
+from normlab.tasks.detection import DetectionTask, sn_ratios
 from normlab.tasks.style_transfer import (
     PerceptualLoss,
     StyleTransferTask,
@@ -22,10 +25,13 @@ from normlab.tasks.style_transfer import (
 __all__ = [
     "AccuracyMetric",
     "ClassificationTask",
+    "CocoEvaluator",
+    "DetectionTask",
     "PerceptualLoss",
     "StyleTransferTask",
     "TrainAccuracy",
     "evaluate_classifier",
     "gram_matrix",
+    "sn_ratios",
     "train_style_network",
 ]

@@ -14,7 +14,7 @@ ground truth as missed. No detection at all scores 0 where there is ground truth
 a size class without ground-truth objects in the evaluated images has no AP (``COCOeval``'s
 -1), reported as NaN. pycocotools' progress prints are silenced.
 
-pycocotools is an optional dependency (``pip install normlab[detection]``), imported when
+pycocotools is an optional dependency (``pip install normlab[vision]``), imported when
 a score is computed.
 """
 
@@ -57,7 +57,7 @@ def _pycocotools() -> tuple[ModuleType, ModuleType, ModuleType]:
         from pycocotools import coco, cocoeval, mask
     except ImportError as exc:
         raise ImportError(
-            "COCO evaluation needs pycocotools; install it with `pip install normlab[detection]`"
+            "COCO evaluation needs pycocotools; install it with `pip install normlab[vision]`"
         ) from exc
     return coco, cocoeval, mask
 
