@@ -12,8 +12,8 @@ from normlab.data import (
 from .formats import write_mnist_folder
 
 NAMES = [
-    "cifar10", "cifar100", "digits", "fashion_mnist", "imagefolder", "mnist", "synthetic",
-    "webdataset",
+    "cifar10", "cifar100", "coco", "coco_sample", "digits", "fashion_mnist", "imagefolder",
+    "mnist", "synthetic", "webdataset",
 ]
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .coco_masks import decode_segmentation, pycocotools_modules
 from .coco_sample import COCO_SAMPLE_SPLITS, write_coco_sample
 from .errors import CorruptDatasetError, MissingDatasetError
 from .index_cache import default_cache_dir
@@ -41,7 +42,6 @@ __all__ = [
     "COCO_HINT",
     "CocoSource",
     "coco_sample_root",
-    "decode_segmentation",
     "index_coco",
     "index_coco_sample",
 ]
@@ -54,39 +54,6 @@ COCO_HINT = (
 """Where the COCO files come from, the end of every missing-file message."""
 _FIX = "Fix or remove the annotation"
 _SAMPLE_VERSION = 1
-
-
-def _pycocotools() -> tuple[Any, Any]:
-    """pycocotools' ``COCO`` class and ``mask`` module.
-
-    Raises:
-        ImportError: If pycocotools is not installed, saying how to install it.
-    """
-    try:
-        import pycocotools.mask as mask_api  # optional dependency: pycocotools
-        from pycocotools.coco import COCO  # optional dependency: pycocotools
-    except ImportError as error:
-        raise ImportError(
-            "reading COCO annotations needs pycocotools; install it with "
-            "`pip install normlab[detection]`"
-        ) from error
-    return COCO, mask_api
-
-
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """The binary mask of a COCO segmentation: polygons, uncompressed or compressed RLE.
-
-    Shape:
-        (height, width) uint8 in {0, 1}.
-    """
-    _, mask_api = _pycocotools()
-    if isinstance(segmentation, list):
-        rle = mask_api.merge(mask_api.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):
-        rle = mask_api.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return np.ascontiguousarray(mask_api.decode(rle))
 
 
 class CocoSource:
@@ -194,7 +161,7 @@ class CocoSource:
 
 def _load_json(file: Path) -> dict[str, Any]:
     """The annotation file's content, read by pycocotools (its prints silenced)."""
-    coco, _ = _pycocotools()
+    coco, _ = pycocotools_modules()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             dataset: dict[str, Any] = coco(str(file)).dataset

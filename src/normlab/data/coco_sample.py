@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .coco_masks import decode_segmentation, pycocotools_modules
 from .decode import import_pillow
 from .digits import load_digits_data
 from .photos import random_crops
@@ -130,11 +131,11 @@ def _image(
         if kind == "digit":
             digit = digits[_randint(0, len(digits) - 1, generator)]
             segmentation = _digit_rle(digit, x, y, side, height, width, mask_api)
-            rle = segmentation
         else:
             segmentation = [_polygon(kind, x, y, side, generator)]
-            rle = mask_api.merge(mask_api.frPyObjects(segmentation, height, width))
-        mask = torch.from_numpy(mask_api.decode(rle).astype(np.float32))
+        decoded = decode_segmentation(segmentation, height, width)
+        rle = mask_api.encode(np.asfortranarray(decoded))
+        mask = torch.from_numpy(decoded).float()
         colour = torch.rand((3, 1, 1), generator=generator)
         pixels.mul_(1 - mask).add_(colour * mask)
         squares.append(place)
@@ -206,12 +207,7 @@ def write_coco_sample(
     """
     if train_images < 1 or val_images < 1:
         raise ValueError(f"need >= 1 image per split, got {train_images} and {val_images}")
-    try:
-        import pycocotools.mask as mask_api  # optional dependency: pycocotools
-    except ImportError as error:
-        raise ImportError(
-            "writing the COCO sample needs pycocotools; `pip install normlab[detection]`"
-        ) from error
+    _, mask_api = pycocotools_modules()
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty folder; choose another one")
