@@ -1,0 +1,120 @@
+"""Two detection training processes (gloo, CPU, as torchrun starts them) with synced SN
+statistics (SyncSN) reach the weights of one process with the whole batch.
+
+A tiny Mask R-CNN with SN in the backbone, FPN and heads trains 2 epochs of 2 steps on
+64×64 images in COCO format (same size, so the detector pads no image differently when it
+batches them): 2 processes × 1 image against 1 process × 2 images. The per-image sample
+seeds make both runs sample the same anchors and RoIs; every image has the same number of
+sampled anchors (64) and RoIs (8, 2 of them positive), so torchvision's losses, which are
+means over the batch's samples, are the mean of the per-image losses in both runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from normlab.train import config_from_dict, load_checkpoint, train
+from normlab.train.parallel import leave_process_group
+
+from ..processes import run_processes
+
+WORLD = 2
+SIZE = 64
+TINY = {
+    "backbone": "resnet18", "min_size": SIZE, "max_size": SIZE, "head_norm": "sn",
+    "fpn_channels": 16, "representation_size": 32, "head_convs": 2, "mask_convs": 2,
+    "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 60,
+    "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
+    "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 8,
+    "box_positive_fraction": 0.25, "box_detections_per_img": 20,
+}
+
+
+def _write_coco(root, seed=0):
+    """``train`` (4 images) and ``val`` (2) of 64×64 PNGs with 3 rectangles each, in two
+    categories, boxes and polygon masks, as COCO instances files."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    (root / "annotations").mkdir(parents=True)
+    image_id, annotation_id = 0, 0
+    for split, count in (("train", 4), ("val", 2)):
+        (root / split).mkdir()
+        images, annotations = [], []
+        for _ in range(count):
+            image_id += 1
+            pixels = (torch.rand(SIZE, SIZE, 3, generator=generator) * 80).to(torch.uint8)
+            for k in range(3):
+                w, h = (int(v) for v in torch.randint(12, 28, (2,), generator=generator))
+                x, y = (int(v) for v in torch.randint(0, SIZE - 28, (2,), generator=generator))
+                pixels[y : y + h, x : x + w] = torch.tensor([200, 60 * k, 255 - 60 * k])
+                annotation_id += 1
+                annotations.append({
+                    "id": annotation_id, "image_id": image_id, "category_id": 1 + k % 2,
+                    "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                })
+            name = f"{image_id:04d}.png"
+            Image.fromarray(pixels.numpy()).save(root / split / name)
+            images.append({"id": image_id, "file_name": name, "height": SIZE, "width": SIZE})
+        instances = {"images": images, "annotations": annotations,
+                     "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
+    return root
+
+
+def _config(data_root, out):
+    return config_from_dict({
+        "task": "detection",
+        "model": {"name": "maskrcnn_fpn_resnet50", "norm": "sn", "kwargs": TINY},
+        "data": {"name": "coco", "root": str(data_root), "train_split": "train",
+                 "test_split": "val", "batch_size": 2, "loader": "stream", "workers": 0},
+        "optim": {"lr": 0.02, "weight_decay": 1e-4},
+        "schedule": {"name": "multistep", "milestones": [1]},
+        "train": {"epochs": 2, "device": "cpu", "seed": 5, "sync_stats": True},
+        "run": {"out_dir": str(out), "progress": False},
+    })
+
+
+def _worker(rank: int, config, out: str) -> None:
+    del rank
+    try:
+        train(config, run_dir=f"{out}/two", log=None)
+    finally:
+        leave_process_group()  # joined by train(); left here, as the CLI does
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("detection-parallel")
+    config = _config(_write_coco(out / "coco"), out)
+    run_processes(_worker, (config, str(out)), world=WORLD,
+                  logs=tmp_path_factory.mktemp("detection-parallel-logs"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config, run_dir=out / "one", log=None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_with_sync_sn_reach_the_weights_of_one(runs):
+    one = load_checkpoint(runs / "one" / "last.pt")
+    two = load_checkpoint(runs / "two" / "last.pt")
+    assert one["epoch"] == two["epoch"] == 2
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    rows = [[json.loads(line) for line in (runs / name / "metrics.jsonl").open()]
+            for name in ("one", "two")]
+    for a, b in zip(*rows):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["train_loss_mask"] == pytest.approx(a["train_loss_mask"], rel=1e-4)
+        assert b["sn_ratios"]["mask_head"]["mean"] == pytest.approx(
+            a["sn_ratios"]["mask_head"]["mean"], rel=1e-4)
+    summary = json.loads((runs / "two" / "summary.json").read_text())
+    assert summary["processes"] == WORLD and summary["status"] == "completed"
