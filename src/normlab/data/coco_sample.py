@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,7 @@ from .coco_masks import decode_segmentation, pycocotools_modules
 from .decode import import_pillow
 from .digits import load_digits_data
 from .photos import random_crops
-from .sample_folder import _backgrounds
+from .sample_folder import background_images, write_atomically
 from .seeding import seeded_generator
 
 __all__ = ["COCO_SAMPLE_CATEGORIES", "COCO_SAMPLE_SPLITS", "write_coco_sample"]
@@ -208,22 +205,10 @@ def write_coco_sample(
     if train_images < 1 or val_images < 1:
         raise ValueError(f"need >= 1 image per split, got {train_images} and {val_images}")
     _, mask_api = pycocotools_modules()
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty folder; choose another one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny per-image ops: a thread pool's hand-offs cost more
-    try:
-        temporary.chmod(0o755)
-        backgrounds = _backgrounds(_SIDES[1] // 2, seeded_generator(seed))
+
+    def write(folder: Path) -> None:
+        backgrounds = background_images(_SIDES[1] // 2, seeded_generator(seed))
         for split, count in zip(COCO_SAMPLE_SPLITS, (train_images, val_images)):
-            _write_split(temporary, split, count, seed, backgrounds, mask_api)
-        os.replace(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    finally:
-        torch.set_num_threads(threads)
-    return out
+            _write_split(folder, split, count, seed, backgrounds, mask_api)
+
+    return write_atomically(out, write)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +29,14 @@ from .photos import BUILTIN_CONTENT, load_photo, random_crops
 from .seeding import seeded_generator
 from .textures import resolve_texture_source, texture_bank
 
-__all__ = ["write_sample_folder", "SAMPLE_SPLITS"]
+__all__ = ["SAMPLE_SPLITS", "background_images", "write_atomically", "write_sample_folder"]
 
 SAMPLE_SPLITS = {"train": "train", "val": "test"}
 """The folder's splits and the digits split each one draws its digits from."""
 _JPEG_QUALITY = 90
 
 
-def _backgrounds(size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def background_images(size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Colour images (3, H, W) in [0, 1] with shorter side ``2 * size`` (or less): the
     built-in photos, or tinted textures. Shrunk once here, so each crop is cheap."""
     if resolve_texture_source("auto") == "skimage":
@@ -126,18 +126,37 @@ def write_sample_folder(
         raise ValueError(f"splits must be some of {list(SAMPLE_SPLITS)}, got {list(splits)}")
     if per_class < 1 or size < 16:
         raise ValueError(f"need per_class >= 1 and size >= 16, got {per_class} and {size}")
+
+    def write(folder: Path) -> None:
+        backgrounds = background_images(size, seeded_generator(seed))
+        for split in splits:
+            _write_split(folder / split, split, per_class, size, seed, backgrounds)
+
+    return write_atomically(out, write)
+
+
+def write_atomically(out: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(folder)`` on a temporary folder next to ``out`` and rename it to ``out``
+    when it returns, so ``out`` never holds a partial folder (a failed write leaves nothing).
+    Torch runs on one intra-op thread meanwhile (tiny per-image ops: a thread pool's
+    hand-offs cost more).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        FileExistsError: If ``out`` exists and is not an empty folder.
+    """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty folder; choose another one")
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny per-image ops: a thread pool's hand-offs cost more
+    torch.set_num_threads(1)
     try:
         temporary.chmod(0o755)
-        backgrounds = _backgrounds(size, seeded_generator(seed))
-        for split in splits:
-            _write_split(temporary / split, split, per_class, size, seed, backgrounds)
+        write(temporary)
         os.replace(temporary, out)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
