@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from normlab.data.coco_masks import decode_segmentation
 from normlab.tasks.coco_eval import CocoEvaluator, ap_keys, encode_masks, load_ground_truth
 from normlab.train.parallel import SINGLE
 
@@ -63,7 +64,11 @@ def _ground_truth_prediction(annotations, image_id):
     anns = gt.loadAnns(gt.getAnnIds(imgIds=[image_id]))
     boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
     labels = [CATEGORY_IDS.index(a["category_id"]) + 1 for a in anns]
-    masks = torch.stack([torch.from_numpy(gt.annToMask(a)).float() for a in anns])[:, None]
+    height, width = IMAGES[image_id]
+    masks = torch.stack([
+        torch.from_numpy(decode_segmentation(a["segmentation"], height, width)).float()
+        for a in anns
+    ])[:, None]
     return _prediction(boxes, labels, [1.0] * len(anns), masks)
 
 

@@ -27,12 +27,12 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
+from normlab.data.coco_masks import pycocotools_modules
 from normlab.train.task import GatherMetric
 
 __all__ = ["AP_SUFFIXES", "CocoEvaluator", "ap_keys", "encode_masks", "load_ground_truth"]
@@ -50,24 +50,12 @@ def ap_keys(masks: bool) -> tuple[str, ...]:
     return tuple(f"{kind}_{suffix}" for kind in kinds for suffix in AP_SUFFIXES)
 
 
-def _pycocotools() -> tuple[ModuleType, ModuleType, ModuleType]:
-    """``pycocotools.coco``, ``pycocotools.cocoeval`` and ``pycocotools.mask``."""
-    try:
-        # optional dependency: pycocotools
-        from pycocotools import coco, cocoeval, mask
-    except ImportError as exc:
-        raise ImportError(
-            "COCO evaluation needs pycocotools; install it with `pip install normlab[vision]`"
-        ) from exc
-    return coco, cocoeval, mask
-
-
 @functools.lru_cache(maxsize=4)
 def _cached_ground_truth(path: str, modified_ns: int) -> Any:
     del modified_ns  # part of the cache key: a rewritten file is read again
-    coco, _, _ = _pycocotools()
+    coco, _ = pycocotools_modules()
     with contextlib.redirect_stdout(io.StringIO()):
-        return coco.COCO(path)
+        return coco(path)
 
 
 def load_ground_truth(annotation_file: str | Path) -> Any:
@@ -84,7 +72,7 @@ def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
         - masks: (R, 1, H, W) or (R, H, W) probabilities (or 0/1 values).
         - output: R dicts ``{"size": [H, W], "counts": str}``.
     """
-    _, _, mask = _pycocotools()
+    _, mask = pycocotools_modules()
     binary = (masks.reshape(-1, *masks.shape[-2:]) > MASK_THRESHOLD).to(torch.uint8)
     array = np.asfortranarray(binary.permute(1, 2, 0).cpu().numpy())
     rles = mask.encode(array) if len(binary) else []
@@ -104,7 +92,7 @@ def _annotations(record: dict[str, Any], iou_type: str) -> list[dict[str, Any]]:
 def _detections(gt: Any, annotations: list[dict[str, Any]], iou_type: str) -> Any:
     """The results index ``COCO.loadRes`` builds (ids, ``iscrowd`` 0, box or mask area,
     a mask's bounding box), also for no results (where ``loadRes`` fails)."""
-    coco, _, mask = _pycocotools()
+    coco, mask = pycocotools_modules()
     for number, ann in enumerate(annotations, 1):
         ann["id"], ann["iscrowd"] = number, 0
         if iou_type == "bbox":
@@ -112,7 +100,7 @@ def _detections(gt: Any, annotations: list[dict[str, Any]], iou_type: str) -> An
         else:
             ann["area"] = float(mask.area(ann["segmentation"]))
             ann["bbox"] = mask.toBbox(ann["segmentation"]).tolist()
-    results = coco.COCO()
+    results = coco()
     results.dataset = {
         "images": list(gt.dataset["images"]),
         "categories": copy.deepcopy(gt.dataset["categories"]),
@@ -127,8 +115,9 @@ def _average_precision(
     gt: Any, annotations: list[dict[str, Any]], iou_type: str, image_ids: list[int]
 ) -> list[float]:
     """``COCOeval.stats[0:6]`` in percent (NaN where ``COCOeval`` has no ground truth)."""
-    _, cocoeval, _ = _pycocotools()
-    evaluation = cocoeval.COCOeval(gt, _detections(gt, annotations, iou_type), iou_type)
+    from pycocotools.cocoeval import COCOeval  # optional dependency: pycocotools
+
+    evaluation = COCOeval(gt, _detections(gt, annotations, iou_type), iou_type)
     evaluation.params.imgIds = image_ids
     with contextlib.redirect_stdout(io.StringIO()):
         evaluation.evaluate()
