@@ -165,6 +165,15 @@ _UNIT_FLOATS = (
 _TORCHVISION = (*_TORCHVISION_INTS, *_FRACTIONS, *_UNIT_FLOATS)
 
 
+def _torchvision() -> Any:
+    """The ``torchvision`` package with its detection models loaded, imported when a
+    detector is built (so that ``import normlab`` does not pay for torchvision's import)."""
+    # optional dependency: torchvision (a dependency of the models layer, imported lazily)
+    import torchvision.models.detection
+
+    return torchvision
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -282,18 +291,9 @@ def _fpn_detector(
 ) -> nn.Module:
     """An FPN detector: Mask R-CNN when ``allowed`` has the mask head's options, else
     Faster R-CNN (``given``: the options the caller set, checked against ``allowed``)."""
-    # optional dependency: torchvision (imported when a detector is built, so that
-    # `import normlab` does not pay for torchvision's import)
-    from torchvision.models.detection import FasterRCNN, MaskRCNN
-    from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.models.detection.faster_rcnn import (
-        FastRCNNConvFCHead,
-        FastRCNNPredictor,
-        TwoMLPHead,
-    )
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-
+    tv = _torchvision()
+    detection, rcnn = tv.models.detection, tv.models.detection.faster_rcnn
+    mask_rcnn = tv.models.detection.mask_rcnn
     options = _options(model, allowed, given)
     norms = _head_norms(model, options, ("head_norm", "fpn_norm", "mask_head_norm"))
     if norms["head_norm"] is None and "head_convs" in given:
@@ -304,27 +304,28 @@ def _fpn_detector(
     resnet = _backbone(model, norm, in_chans, options)
     width, size = options["fpn_channels"], options["representation_size"]
     stage2 = resnet.num_features // 8
-    backbone = BackboneWithFPN(
+    backbone = detection.backbone_utils.BackboneWithFPN(
         resnet, _FPN_LEVELS, [stage2 * 2**i for i in range(4)], width,
-        extra_blocks=LastLevelMaxPool(), norm_layer=norms["fpn_norm"],
+        extra_blocks=tv.ops.feature_pyramid_network.LastLevelMaxPool(),
+        norm_layer=norms["fpn_norm"],
     )
     box_head: nn.Module
     if norms["head_norm"] is None:
-        box_head = TwoMLPHead(width * 7 * 7, size)
+        box_head = rcnn.TwoMLPHead(width * 7 * 7, size)
     else:
-        box_head = FastRCNNConvFCHead(
+        box_head = rcnn.FastRCNNConvFCHead(
             (width, 7, 7), [width] * options["head_convs"], [size], norm_layer=norms["head_norm"]
         )
-    heads = {"box_head": box_head, "box_predictor": FastRCNNPredictor(size, num_classes)}
+    heads = {"box_head": box_head, "box_predictor": rcnn.FastRCNNPredictor(size, num_classes)}
     if "mask_head_norm" not in options:
-        detector = FasterRCNN(backbone, None, **heads, **_torchvision_kwargs(options))
+        detector = detection.FasterRCNN(backbone, None, **heads, **_torchvision_kwargs(options))
     else:
-        mask_head = MaskRCNNHeads(
+        mask_head = mask_rcnn.MaskRCNNHeads(
             width, [width] * options["mask_convs"], 1, norm_layer=norms["mask_head_norm"]
         )
-        detector = MaskRCNN(
+        detector = detection.MaskRCNN(
             backbone, None, **heads, mask_head=mask_head,
-            mask_predictor=MaskRCNNPredictor(width, width, num_classes),
+            mask_predictor=mask_rcnn.MaskRCNNPredictor(width, width, num_classes),
             **_torchvision_kwargs(options),
         )
     _seed_samplers(detector)
@@ -355,13 +356,6 @@ def fasterrcnn_c4_resnet50(
         ConfigError: an unknown option, a value out of range, or ``head_norm`` set.
         CheckpointError: ``pretrained`` is missing, unreadable or does not fit.
     """
-    # optional dependency: torchvision (imported when a detector is built)
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-    from torchvision.models.detection.rpn import RPNHead
-    from torchvision.ops import MultiScaleRoIAlign
-
     model = "fasterrcnn_c4_resnet50"
     opts = _options(model, C4Options, options)
     if opts["head_norm"] is not None:
@@ -371,15 +365,17 @@ def fasterrcnn_c4_resnet50(
         )
     resnet = _backbone(model, norm, in_chans, opts)
     body, head = ResNetC4Body(resnet), ResNetC5Head(resnet)
-    anchors = AnchorGenerator(*_C4_ANCHORS)
-    detector = FasterRCNN(
+    tv = _torchvision()
+    detection = tv.models.detection
+    anchors = detection.anchor_utils.AnchorGenerator(*_C4_ANCHORS)
+    detector: FasterRCNN = detection.FasterRCNN(
         body,
         None,
         rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(body.out_channels, anchors.num_anchors_per_location()[0]),
-        box_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+        rpn_head=detection.rpn.RPNHead(body.out_channels, anchors.num_anchors_per_location()[0]),
+        box_roi_pool=tv.ops.MultiScaleRoIAlign(["0"], 14, 2),
         box_head=head,
-        box_predictor=FastRCNNPredictor(head.out_channels, num_classes),
+        box_predictor=detection.faster_rcnn.FastRCNNPredictor(head.out_channels, num_classes),
         **_torchvision_kwargs(opts),
     )
     _seed_samplers(detector)
