@@ -42,8 +42,8 @@ LOSSES = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_re
 
 def tiny(name: str, **kwargs: object) -> nn.Module:
     torch.manual_seed(0)
-    options = {**TINY, **EXTRA[name], **kwargs}
-    return create_model(name, num_classes=4, **options)
+    options = {"num_classes": 4, **TINY, **EXTRA[name], **kwargs}
+    return create_model(name, **options)
 
 
 def box_mask(height: int, width: int, box: list[int]) -> torch.Tensor:
@@ -267,6 +267,10 @@ def test_c4_refuses_head_norm():
         ("fasterrcnn_fpn_resnet50", {"backbone": "resnet50v2"}, "not a v1 ResNet"),
         ("fasterrcnn_fpn_resnet50", {"backbone": "vgg19"}, "not a registered ImageNet"),
         ("maskrcnn_fpn_resnet50", {"in_chans": 1}, "in_chans must be 3"),
+        ("maskrcnn_fpn_resnet50", {"num_classes": 1}, "num_classes counts the background"),
+        ("fasterrcnn_c4_resnet50", {"norm": "sm"}, "norm: unknown norm 'sm'"),
+        ("fasterrcnn_c4_resnet50", {"norm": "gn", "norm_kwargs": {"momentum": 0.1}},
+         "norm: .*no option 'momentum'"),
     ],
 )
 def test_bad_options_raise_one_line_config_errors(name, options, match):

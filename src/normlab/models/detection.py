@@ -43,8 +43,8 @@ from normlab.models.detection_parts import (
     ResNetC5Head,
     SeededSampler,
     freeze_stages,
-    head_norm_layer,
     load_classification_weights,
+    norm_factory,
 )
 from normlab.models.imagenet_resnet import ResNet
 from normlab.models.registry import create_model, list_models, register_model
@@ -209,8 +209,21 @@ def _check_value(model: str, key: str, value: Any) -> None:
         raise ConfigError(f"{model}: {key} must be {expected}, got {value!r}")
 
 
-def _options(model: str, allowed: type, given: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` checked against the TypedDict ``allowed`` and merged over the defaults."""
+def _options(
+    model: str, allowed: type, given: Mapping[str, Any], num_classes: int, in_chans: int
+) -> dict[str, Any]:
+    """``given`` checked against the TypedDict ``allowed`` and merged over the defaults
+    (``num_classes`` and ``in_chans`` checked too)."""
+    if not (_is_int(num_classes) and num_classes >= 2):
+        raise ConfigError(
+            f"{model}: num_classes counts the background too (COCO: 81, or 91 with "
+            f"torchvision's category ids); it must be an int >= 2, got {num_classes!r}"
+        )
+    if in_chans != 3:
+        raise ConfigError(
+            f"{model} reads RGB images (normalized with the ImageNet mean/std); "
+            f"in_chans must be 3, got {in_chans}"
+        )
     valid = list(allowed.__annotations__)
     unknown = sorted(set(given) - set(valid))
     if unknown:
@@ -229,13 +242,10 @@ def _options(model: str, allowed: type, given: Mapping[str, Any]) -> dict[str, A
     return options
 
 
-def _backbone(model: str, norm: NormSpec, in_chans: int, options: Mapping[str, Any]) -> ResNet:
+def _backbone(model: str, norm: NormSpec, options: Mapping[str, Any]) -> ResNet:
     """The normlab ResNet with ``norm``, pretrained weights loaded, stages and norms frozen."""
-    if in_chans != 3:
-        raise ConfigError(
-            f"{model} reads RGB images (normalized with the ImageNet mean/std); "
-            f"in_chans must be 3, got {in_chans}"
-        )
+    if isinstance(norm, str):
+        norm_factory(norm, options["norm_kwargs"], f"{model}: norm")
     name = options["backbone"]
     if name not in list_models("imagenet"):
         raise ConfigError(
@@ -281,7 +291,7 @@ def _head_norms(model: str, options: Mapping[str, Any], keys: Sequence[str]) -> 
         norm = options[key]
         if key != "head_norm" and norm == SAME_AS_HEAD:
             norm = options["head_norm"]
-        layers[key] = head_norm_layer(norm, options["norm_kwargs"], f"{model}: {key}")
+        layers[key] = norm_factory(norm, options["norm_kwargs"], f"{model}: {key}")
     return layers
 
 
@@ -294,14 +304,14 @@ def _fpn_detector(
     tv = _torchvision()
     detection, rcnn = tv.models.detection, tv.models.detection.faster_rcnn
     mask_rcnn = tv.models.detection.mask_rcnn
-    options = _options(model, allowed, given)
+    options = _options(model, allowed, given, num_classes, in_chans)
     norms = _head_norms(model, options, ("head_norm", "fpn_norm", "mask_head_norm"))
     if norms["head_norm"] is None and "head_convs" in given:
         raise ConfigError(
             f"{model}: head_convs sets the 4conv1fc box head, which head_norm selects; "
             "without head_norm the box head is the 2fc head (set head_norm or drop head_convs)"
         )
-    resnet = _backbone(model, norm, in_chans, options)
+    resnet = _backbone(model, norm, options)
     width, size = options["fpn_channels"], options["representation_size"]
     stage2 = resnet.num_features // 8
     backbone = detection.backbone_utils.BackboneWithFPN(
@@ -357,13 +367,13 @@ def fasterrcnn_c4_resnet50(
         CheckpointError: ``pretrained`` is missing, unreadable or does not fit.
     """
     model = "fasterrcnn_c4_resnet50"
-    opts = _options(model, C4Options, options)
+    opts = _options(model, C4Options, options, num_classes, in_chans)
     if opts["head_norm"] is not None:
         raise ConfigError(
             f"{model}: head_norm is not an option of the C4 detector: its box head is the "
             "backbone's res5 stage, normalized like the backbone (set norm / frozen_norm)"
         )
-    resnet = _backbone(model, norm, in_chans, opts)
+    resnet = _backbone(model, norm, opts)
     body, head = ResNetC4Body(resnet), ResNetC5Head(resnet)
     tv = _torchvision()
     detection = tv.models.detection

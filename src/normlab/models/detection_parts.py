@@ -25,8 +25,8 @@ __all__ = [
     "ResNetC5Head",
     "SeededSampler",
     "freeze_stages",
-    "head_norm_layer",
     "load_classification_weights",
+    "norm_factory",
 ]
 
 STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")
@@ -111,11 +111,12 @@ def freeze_stages(resnet: ResNet, trainable_layers: int) -> list[str]:
     return frozen
 
 
-def head_norm_layer(
+def norm_factory(
     norm: str | None, norm_kwargs: Mapping[str, Any], option: str
 ) -> Callable[[int], nn.Module] | None:
     """The ``norm_layer`` callable torchvision's heads take (``norm_layer(channels)``),
-    building normlab layers of the registered norm ``norm``; ``None`` for no norm.
+    building normlab layers of the registered norm ``norm`` with ``norm_kwargs``; ``None``
+    for no norm. Also checks a backbone's norm name and options before the ResNet is built.
 
     Raises:
         ConfigError: ``norm`` is not a registered name, or ``norm_kwargs`` holds an option
