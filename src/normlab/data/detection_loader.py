@@ -14,7 +14,6 @@ batch does not depend on the number of workers or processes, nor on where a pass
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -25,11 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from .coco import CocoSource
 from .decode import decode_image
 from .detection_transforms import hflip_sample
-from .errors import CorruptDatasetError, DatasetError
-from .folder_index import SKIP_HINT
-from .loader import EpochLoader
+from .errors import DatasetError
 from .seeding import seeded_generator
-from .streaming import _Bad
+from .streaming import BadSample, WorkerLoader
 
 __all__ = ["DetectionBatch", "DetectionLoader", "aspect_grouped_batches"]
 
@@ -38,7 +35,7 @@ DetectionBatch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 _EPOCH_KEYS = 2**62
 _SEEDS = 2**62
 
-_Sample = tuple[torch.Tensor, dict[str, Any]] | _Bad
+_Sample = tuple[torch.Tensor, dict[str, Any]] | BadSample
 
 
 class _Samples(Dataset[_Sample]):
@@ -62,13 +59,13 @@ class _Samples(Dataset[_Sample]):
         try:
             image = decode_image(self.source.read(index), channels=3, name=name)
         except DatasetError as error:
-            return _Bad(str(error.path), error.problem, error.hint)
+            return BadSample(str(error.path), error.problem, error.hint)
         except OSError as error:
             problem = f"cannot read the file ({error.strerror or error})"
-            return _Bad(name, problem, "Check the file and its disk")
+            return BadSample(name, problem, "Check the file and its disk")
         height, width = self.source.size(index)
         if tuple(image.shape[-2:]) != (height, width):
-            return _Bad(
+            return BadSample(
                 name,
                 f"the image is {image.shape[-2]}x{image.shape[-1]} (height x width) but "
                 f"{self.source.annotation_file.name} says {height}x{width}",
@@ -83,9 +80,12 @@ class _Samples(Dataset[_Sample]):
         return image, {**target, "image_id": self.source.image_id(index), "seed": seed}
 
 
-def _keep(samples: list[_Sample]) -> list[_Sample]:
-    """The collate function: the samples as they are (images differ in size)."""
-    return samples
+def _collate(samples: list[_Sample]) -> tuple[list[_Sample], list[BadSample]]:
+    """The good samples as they are (images differ in size) and the bad ones."""
+    return (
+        [s for s in samples if not isinstance(s, BadSample)],
+        [s for s in samples if isinstance(s, BadSample)],
+    )
 
 
 def aspect_grouped_batches(
@@ -116,27 +116,7 @@ def aspect_grouped_batches(
     return batches
 
 
-class _Shares:
-    """Batch sampler: this process's contiguous share of each global batch of the epoch,
-    from batch ``start`` on, as keys ``(epoch key, index)``."""
-
-    def __init__(self, rank: int, world_size: int) -> None:
-        self.rank = rank
-        self.world_size = world_size
-        self.batches: list[torch.Tensor] = []
-        self.epoch_key = 0
-        self.start = 0
-
-    def __len__(self) -> int:
-        return len(self.batches) - self.start
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for batch in self.batches[self.start :]:
-            share = batch.tensor_split(self.world_size)[self.rank]
-            yield [(self.epoch_key, i) for i in share.tolist()]
-
-
-class DetectionLoader(EpochLoader):
+class DetectionLoader(WorkerLoader):
     """Detection batches (images of their own sizes, targets) from a :class:`CocoSource`.
 
     Training visits the images in a seeded random order, in batches of one aspect-ratio
@@ -220,8 +200,7 @@ class DetectionLoader(EpochLoader):
                 f"{batch_size} (per aspect-ratio group when grouped), and drop_last is set: "
                 "no batch would be produced"
             )
-        self._shares = _Shares(0, 1)
-        self._loader = self._data_loader()
+        self._start_workers()
 
     def __len__(self) -> int:
         if self.group_aspect:
@@ -237,38 +216,17 @@ class DetectionLoader(EpochLoader):
             _Samples(self.source, self.masks, self.flip_prob),
             batch_sampler=self._shares,
             num_workers=self.workers,
-            collate_fn=_keep,
+            collate_fn=_collate,
             pin_memory=self.pin_memory,
             prefetch_factor=2 if self.workers else None,
             persistent_workers=self.workers > 0,
             generator=torch.Generator(),  # its draws (worker base seeds) spare the global one
         )
 
-    def shard(self, rank: int, world_size: int) -> DetectionLoader:
-        """The loader of process ``rank`` of ``world_size``, at this loader's position.
-
-        Raises:
-            ValueError: If this loader is itself a shard, or ``rank`` is out of range.
-        """
-        if self.world_size != 1:
-            raise ValueError(f"this loader is already shard {self.rank} of {self.world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
-        loader = copy.copy(self)  # same settings and position; its own sampler and workers
-        loader.rank, loader.world_size, loader.bad_files = rank, world_size, 0
-        loader._shares = _Shares(rank, world_size)
-        loader._loader = loader._data_loader()
-        return loader
-
-    def epoch_stats(self) -> dict[str, int]:
-        """``{"bad_files": n}``: bad files skipped so far."""
-        return {"bad_files": self.bad_files}
-
     def _epoch(self, generator: torch.Generator) -> list[torch.Tensor]:
-        """The epoch's global batches (sample indices); draws the epoch key too."""
+        """The epoch's global batches (sample indices)."""
         n = len(self.source)
         order = torch.randperm(n, generator=generator) if self.train else torch.arange(n)
-        self._shares.epoch_key = int(torch.randint(_EPOCH_KEYS, (1,), generator=generator))
         if self.group_aspect:
             return aspect_grouped_batches(order, self.groups, self.batch_size, self.drop_last)
         return list(order[: len(self) * self.batch_size].split(self.batch_size))
@@ -285,18 +243,8 @@ class DetectionLoader(EpochLoader):
         return pixels.div_(255.0), moved
 
     def _batches(self, generator: torch.Generator, start: int) -> Iterator[Any]:
-        self._shares.batches = self._epoch(generator)
-        self._shares.start = start
-        batches = iter(self._loader)
-        for samples in batches:
-            bad = [s for s in samples if isinstance(s, _Bad)]
-            if bad and self.on_bad_file == "stop":
-                # the error's traceback holds this frame: drop the workers now, not when a
-                # garbage collection finds the cycle (the next pass starts new ones)
-                del batches
-                self._loader = self._data_loader()
-                first = bad[0]
-                raise CorruptDatasetError(first.path, first.problem, f"{first.hint}, {SKIP_HINT}")
-            self.bad_files += len(bad)
-            moved = [self._to_device(*s) for s in samples if not isinstance(s, _Bad)]
+        batches = self._epoch(generator)
+        epoch_key = int(torch.randint(_EPOCH_KEYS, (1,), generator=generator))
+        for (samples,) in self._worker_batches(batches, epoch_key, start):
+            moved = [self._to_device(image, target) for image, target in samples]
             yield [image for image, _ in moved], [target for _, target in moved]

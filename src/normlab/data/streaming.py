@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -27,7 +27,7 @@ from .folder_index import SKIP_HINT
 from .loader import Batch, EpochLoader, Normalizer
 from .seeding import seeded_generator
 
-__all__ = ["SampleSource", "StreamingLoader", "Transform"]
+__all__ = ["BadSample", "SampleSource", "StreamingLoader", "Transform", "WorkerLoader"]
 
 _EPOCH_KEYS = 2**62
 
@@ -72,7 +72,7 @@ class Transform(Protocol):
     def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
 
 
-class _Bad(NamedTuple):
+class BadSample(NamedTuple):
     """A sample that could not be read or decoded, as a worker reports it."""
 
     path: str
@@ -80,8 +80,8 @@ class _Bad(NamedTuple):
     hint: str
 
 
-_Sample = tuple[torch.Tensor, int] | _Bad
-_Collated = tuple[torch.Tensor | None, torch.Tensor, list[_Bad]]
+_Sample = tuple[torch.Tensor, int] | BadSample
+_Collated = tuple[torch.Tensor | None, torch.Tensor, list[BadSample]]
 
 
 class _Samples(Dataset[_Sample]):
@@ -107,10 +107,10 @@ class _Samples(Dataset[_Sample]):
                 name=self.source.describe(index),
             )
         except DatasetError as error:
-            return _Bad(str(error.path), error.problem, error.hint)
+            return BadSample(str(error.path), error.problem, error.hint)
         except OSError as error:
             problem = f"cannot read the file ({error.strerror or error})"
-            return _Bad(self.source.describe(index), problem, "Check the file and its disk")
+            return BadSample(self.source.describe(index), problem, "Check the file and its disk")
         if self.transform is not None:
             # transforms draw from the CPU default generator; seeding only it is ~100x
             # cheaper than torch.manual_seed (which also queues the CUDA seeding), and its
@@ -132,8 +132,8 @@ class _Collate:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, samples: list[_Sample]) -> _Collated:
-        good = [s for s in samples if not isinstance(s, _Bad)]
-        bad = [s for s in samples if isinstance(s, _Bad)]
+        good = [s for s in samples if not isinstance(s, BadSample)]
+        bad = [s for s in samples if isinstance(s, BadSample)]
         labels = torch.tensor([label for _, label in good], dtype=torch.int64)
         if not good:
             return None, labels, bad
@@ -150,26 +150,94 @@ class _Shares:
     """Batch sampler: this process's contiguous share of each global batch of the epoch,
     from batch ``start`` on, as keys ``(epoch key, index)``."""
 
-    def __init__(self, batch_size: int, batches: int, rank: int, world_size: int) -> None:
-        self.batch_size = batch_size
-        self.batches = batches
+    def __init__(self, rank: int, world_size: int) -> None:
         self.rank = rank
         self.world_size = world_size
-        self.order = torch.zeros(0, dtype=torch.int64)
+        self.batches: list[torch.Tensor] = []
         self.epoch_key = 0
         self.start = 0
 
     def __len__(self) -> int:
-        return self.batches - self.start
+        return len(self.batches) - self.start
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for b in range(self.start, self.batches):
-            batch = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+        for batch in self.batches[self.start :]:
             share = batch.tensor_split(self.world_size)[self.rank]
             yield [(self.epoch_key, i) for i in share.tolist()]
 
 
-class StreamingLoader(EpochLoader):
+_Loader = TypeVar("_Loader", bound="WorkerLoader")
+
+
+class WorkerLoader(EpochLoader):
+    """Base of the loaders that decode samples in DataLoader worker processes: each pass
+    gives process ``rank`` of ``world_size`` its contiguous share (``tensor_split`` order)
+    of every global batch, and applies the bad-file policy.
+
+    A subclass sets ``rank``, ``world_size``, ``on_bad_file`` (``"stop"`` or ``"skip"``)
+    and ``bad_files`` in its constructor and ends it with :meth:`_start_workers`; its
+    ``_data_loader`` builds a DataLoader whose batch sampler is ``self._shares`` and whose
+    collate function returns a tuple whose last item lists the batch's :class:`BadSample`
+    markers; its ``_batches`` iterates :meth:`_worker_batches`.
+    """
+
+    rank: int
+    world_size: int
+    on_bad_file: str
+    bad_files: int
+    _shares: _Shares
+    _loader: DataLoader[Any]
+
+    def _data_loader(self) -> DataLoader[Any]:
+        raise NotImplementedError
+
+    def _start_workers(self) -> None:
+        """Make this process's batch sampler and DataLoader (workers start on a pass)."""
+        self._shares = _Shares(self.rank, self.world_size)
+        self._loader = self._data_loader()
+
+    def shard(self: _Loader, rank: int, world_size: int) -> _Loader:
+        """The loader of process ``rank`` of ``world_size``, at this loader's position.
+
+        Raises:
+            ValueError: If this loader is itself a shard, or ``rank`` is out of range.
+        """
+        if self.world_size != 1:
+            raise ValueError(f"this loader is already shard {self.rank} of {self.world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        loader = copy.copy(self)  # same settings and position; its own sampler and workers
+        loader.rank, loader.world_size, loader.bad_files = rank, world_size, 0
+        loader._start_workers()
+        return loader
+
+    def epoch_stats(self) -> dict[str, int]:
+        """``{"bad_files": n}``: bad files skipped so far."""
+        return {"bad_files": self.bad_files}
+
+    def _worker_batches(
+        self, batches: list[torch.Tensor], epoch_key: int, start: int
+    ) -> Iterator[tuple[Any, ...]]:
+        """The collated shares of ``batches[start:]`` (global batches of sample indices)
+        without their bad-sample lists: with ``on_bad_file="stop"`` a bad sample raises a
+        one-line :class:`CorruptDatasetError` naming it, with ``"skip"`` it is counted."""
+        self._shares.batches, self._shares.epoch_key, self._shares.start = (
+            batches, epoch_key, start
+        )
+        collated = iter(self._loader)
+        for *batch, bad in collated:
+            if bad and self.on_bad_file == "stop":
+                # the error's traceback holds this frame: drop the workers now, not when a
+                # garbage collection finds the cycle (the next pass starts new ones)
+                del collated
+                self._loader = self._data_loader()
+                first = bad[0]
+                raise CorruptDatasetError(first.path, first.problem, f"{first.hint}, {SKIP_HINT}")
+            self.bad_files += len(bad)
+            yield tuple(batch)
+
+
+class StreamingLoader(WorkerLoader):
     """Batches decoded from a :class:`SampleSource` in DataLoader worker processes.
 
     Each sample is read and decoded (:func:`~normlab.data.decode.decode_image`, at reduced
@@ -271,9 +339,8 @@ class StreamingLoader(EpochLoader):
         self.bad_files = 0
         """Bad files skipped so far (``on_bad_file="skip"``)."""
         self.normalize = Normalizer(self.mean, self.std, self.device)
-        self._shares = _Shares(batch_size, len(self), rank, world_size)
-        self._loader = self._data_loader()
         self._image_shape: tuple[int, ...] = (len(self.mean), 0, 0)
+        self._start_workers()
 
     def __len__(self) -> int:
         n = len(self.source)
@@ -291,43 +358,12 @@ class StreamingLoader(EpochLoader):
             generator=torch.Generator(),  # its draws (worker base seeds) spare the global one
         )
 
-    def shard(self, rank: int, world_size: int) -> StreamingLoader:
-        """The loader of process ``rank`` of ``world_size``, at this loader's position.
-
-        Raises:
-            ValueError: If this loader is itself a shard.
-        """
-        if self.world_size != 1:
-            raise ValueError(f"this loader is already shard {self.rank} of {self.world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
-        loader = copy.copy(self)  # same settings and position; its own sampler and workers
-        loader.rank, loader.world_size, loader.bad_files = rank, world_size, 0
-        loader._shares = _Shares(self.batch_size, len(self), rank, world_size)
-        loader._loader = loader._data_loader()
-        return loader
-
-    def epoch_stats(self) -> dict[str, int]:
-        """``{"bad_files": n}``: bad files skipped so far."""
-        return {"bad_files": self.bad_files}
-
     def _batches(self, generator: torch.Generator, start: int) -> Iterator[Batch]:
         n = len(self.source)
-        self._shares.order = torch.randperm(n, generator=generator) if self.shuffle else (
-            torch.arange(n)
-        )
-        self._shares.epoch_key = int(torch.randint(_EPOCH_KEYS, (1,), generator=generator))
-        self._shares.start = start
-        batches = iter(self._loader)
-        for images, labels, bad in batches:
-            if bad and self.on_bad_file == "stop":
-                # the error's traceback holds this frame: drop the workers now, not when a
-                # garbage collection finds the cycle (the next pass starts new ones)
-                del batches
-                self._loader = self._data_loader()
-                first = bad[0]
-                raise CorruptDatasetError(first.path, first.problem, f"{first.hint}, {SKIP_HINT}")
-            self.bad_files += len(bad)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        epoch_key = int(torch.randint(_EPOCH_KEYS, (1,), generator=generator))
+        batches = list(order[: len(self) * self.batch_size].split(self.batch_size))
+        for images, labels in self._worker_batches(batches, epoch_key, start):
             if images is None:
                 images = torch.empty((0, *self._image_shape), dtype=torch.uint8)
             self._image_shape = tuple(images.shape[1:])
