@@ -7,17 +7,22 @@ batches them): 2 processes × 1 image against 1 process × 2 images. The per-ima
 seeds make both runs sample the same anchors and RoIs; every image has the same number of
 sampled anchors (64) and RoIs (8, 2 of them positive), so torchvision's losses, which are
 means over the batch's samples, are the mean of the per-image losses in both runs.
+The COCO evaluator of each process scores every process's images.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from normlab.data.coco import index_coco
+from normlab.tasks.coco_eval import CocoEvaluator
 from normlab.train import config_from_dict, load_checkpoint, train
-from normlab.train.parallel import leave_process_group
+from normlab.train.parallel import SINGLE, from_environment, leave_process_group
 
 from ..processes import run_processes
 
@@ -79,10 +84,33 @@ def _config(data_root, out):
     })
 
 
-def _worker(rank: int, config, out: str) -> None:
-    del rank
+def _records(evaluator, source, images):
+    """Image ``i`` of ``images`` predicted as its ground truth when ``i`` is even, with no
+    detection when odd."""
+    for i in images:
+        target = source.target(i, masks=True) if i % 2 == 0 else {
+            "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+            "masks": np.zeros((0, SIZE, SIZE), np.uint8)}
+        prediction = {"boxes": torch.from_numpy(target["boxes"]),
+                      "labels": torch.from_numpy(target["labels"]),
+                      "scores": torch.ones(len(target["labels"])),
+                      "masks": torch.from_numpy(target["masks"]).float()[:, None]}
+        evaluator.update((None, [{"image_id": source.image_id(i)}]), [prediction])
+
+
+def _gathered_ap(rank: int, source, out: str) -> None:
+    """Each process records its own image; the AP is scored on both."""
+    parallel, _ = from_environment(torch.device("cpu"))
+    evaluator = CocoEvaluator(source.annotation_file, source.category_ids, masks=True)
+    _records(evaluator, source, [rank])
+    row = evaluator.compute(parallel)
+    (Path(out) / f"gathered-{rank}.json").write_text(json.dumps(row))
+
+
+def _worker(rank: int, config, source, out: str) -> None:
     try:
         train(config, run_dir=f"{out}/two", log=None)
+        _gathered_ap(rank, source, out)
     finally:
         leave_process_group()  # joined by train(); left here, as the CLI does
 
@@ -91,7 +119,8 @@ def _worker(rank: int, config, out: str) -> None:
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("detection-parallel")
     config = _config(_write_coco(out / "coco"), out)
-    run_processes(_worker, (config, str(out)), world=WORLD,
+    source = index_coco(out / "coco", "val", masks=True)
+    run_processes(_worker, (config, source, str(out)), world=WORLD,
                   logs=tmp_path_factory.mktemp("detection-parallel-logs"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -118,3 +147,17 @@ def test_two_processes_with_sync_sn_reach_the_weights_of_one(runs):
             a["sn_ratios"]["mask_head"]["mean"], rel=1e-4)
     summary = json.loads((runs / "two" / "summary.json").read_text())
     assert summary["processes"] == WORLD and summary["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_coco_ap_is_scored_on_every_processs_images(runs):
+    """Rank 0 predicts its image perfectly, rank 1 finds nothing in its own: both score
+    the two images together, as one process with both records does (neither 100 nor 0)."""
+    source = index_coco(runs / "coco", "val", masks=True)
+    evaluator = CocoEvaluator(source.annotation_file, source.category_ids, masks=True)
+    _records(evaluator, source, range(WORLD))
+    expected = evaluator.compute(SINGLE)
+    assert 0.0 < expected["box_ap"] < 100.0 and 0.0 < expected["mask_ap"] < 100.0
+    for rank in range(WORLD):
+        row = json.loads((runs / f"gathered-{rank}.json").read_text())
+        assert row == pytest.approx(expected, nan_ok=True), rank
