@@ -222,3 +222,22 @@ def test_evaluation_scores_the_test_sources_annotations(tmp_path):
     metric = task.eval_metric(loaders, torch.device("cpu"))
     assert metric.annotation_file == loaders.test.source.annotation_file
     assert metric.annotation_file.name == "instances_val.json" and not metric.masks
+
+
+def test_training_step_seeds_each_images_sampling_and_sums_the_terms():
+    model = create_model(MASK, num_classes=3, norm="sn", **TINY).train()
+    images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
+    masks = torch.zeros(1, 64, 80, dtype=torch.uint8)
+    masks[0, 10:30, 20:50] = 1
+    targets = [
+        {"boxes": torch.tensor([[20.0, 10.0, 50.0, 30.0]]), "labels": torch.tensor([1]),
+         "masks": masks, "image_id": 1, "seed": 5},
+        {"boxes": torch.tensor([[5.0, 5.0, 40.0, 60.0]]), "labels": torch.tensor([2]),
+         "masks": torch.ones(1, 72, 64, dtype=torch.uint8), "image_id": 2, "seed": 7},
+    ]
+    result = DetectionTask(masks=True).training_step(model, (images, targets))
+    samplers = [model.rpn.fg_bg_sampler, model.roi_heads.fg_bg_sampler]
+    assert [s.seeds for s in samplers] == [(5, 7), (5, 7)]
+    assert sorted(result.output) == sorted((*LOSS_TERMS, "loss_mask"))
+    assert result.loss.item() == pytest.approx(sum(v.item() for v in result.output.values()))
+    assert result.loss.requires_grad and not any(v.requires_grad for v in result.output.values())

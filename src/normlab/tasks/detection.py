@@ -223,9 +223,13 @@ class DetectionTask(Task):
         return net
 
     def training_step(self, forward: Forward, batch: Any) -> StepResult:
+        """Set each image's sample seed on the detector (the one :meth:`build_model` built,
+        else the module ``forward`` is), then sum the loss terms of ``forward(images,
+        targets)``."""
         images, targets = batch
-        if self.detector is not None:
-            set_sample_seeds(self.detector, [int(t["seed"]) for t in targets])
+        detector = self.detector if self.detector is not None else forward
+        if isinstance(detector, nn.Module):
+            set_sample_seeds(detector, [int(t["seed"]) for t in targets])
         losses: dict[str, torch.Tensor] = forward(images, targets)
         loss = torch.stack([value.float() for value in losses.values()]).sum()
         return StepResult(loss, {key: value.detach() for key, value in losses.items()})
