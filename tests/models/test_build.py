@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 import normlab
-from normlab.models import create_model, list_models
+from normlab.models import create_model, list_models, model_info
 from normlab.models.blocks import SqueezeExcite
 from tests.models.helpers import meta_model, n_params
 
 NORMS = normlab.list_norms()
-NORMED = [m for m in list_models() if m != "vgg16_features"]
+NORMED = [m for m in list_models()
+        if m != "vgg16_features" and model_info(m)["family"] != "detection"]
 RESIDUAL = [m for m in NORMED if m not in ("vgg19", "alexnet", "densenet100_12")]
 NORM_CLASSES = tuple(normlab.norms.resolve_norm(norm, 2) for norm in normlab.list_norms())
 

@@ -77,7 +77,8 @@ def test_every_norm_in_the_style_network(norm):
     _check_step(model, torch.randn(2, 3, 32, 32), (2, 3, 32, 32))
 
 
-FULL = [m for m in list_models() if m != "vgg16_features"]
+FULL = [m for m in list_models()
+        if m != "vgg16_features" and model_info(m)["family"] != "detection"]
 HEAVY = {"resnext29_8x64d", "wrn28_10"}
 
 

@@ -16,23 +16,27 @@ IMAGENET = {
     "resnet50v2", "resnet101v2",
 }
 STYLE = {"transformer_net", "vgg16_features"}
+DETECTION = {"fasterrcnn_c4_resnet50", "fasterrcnn_fpn_resnet50", "maskrcnn_fpn_resnet50"}
 
 
 def test_every_issue_model_is_registered_in_its_family():
     assert set(list_models("cifar")) == CIFAR
     assert set(list_models("imagenet")) == IMAGENET
     assert set(list_models("style")) == STYLE
-    assert list_models() == sorted(CIFAR | IMAGENET | STYLE)
+    assert set(list_models("detection")) == DETECTION
+    assert list_models() == sorted(CIFAR | IMAGENET | STYLE | DETECTION)
 
 
-@pytest.mark.parametrize("name", sorted(CIFAR | IMAGENET | STYLE))
+@pytest.mark.parametrize("name", sorted(CIFAR | IMAGENET | STYLE | DETECTION))
 def test_metadata_is_printable_and_consistent(name):
     info = model_info(name)
     json.dumps(info)
     assert info["name"] == name and info["summary"]
-    size = {"cifar": (3, 32, 32), "imagenet": (3, 224, 224), "style": (3, 256, 256)}
+    size = {"cifar": (3, 32, 32), "imagenet": (3, 224, 224), "style": (3, 256, 256),
+            "detection": (3, 800, 800)}
     assert tuple(info["input_size"]) == size[info["family"]]
-    assert info["num_classes"] == {"cifar": 10, "imagenet": 1000, "style": None}[info["family"]]
+    classes = {"cifar": 10, "imagenet": 1000, "style": None, "detection": 91}
+    assert info["num_classes"] == classes[info["family"]]
 
 
 def test_table1_models_say_so():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -119,7 +120,9 @@ def test_every_shipped_config_is_valid():
         if name.endswith("_tiny"):
             # built-in data, or (the tiny ImageNet recipes) a folder given at run time
             assert cfg.data.root is None, name
-            assert cfg.data.name == ("imagefolder" if "imagenet" in name else "digits"), name
+            tiny_data = {"imagenet": "imagefolder", "coco": "coco_sample"}
+            kind = next((k for k in tiny_data if f"_{k}_" in name), None)
+            assert cfg.data.name == tiny_data.get(kind, "digits"), name
             assert name.removesuffix("_tiny") in names, name
         else:
             assert f"{name}_tiny" in names, name
@@ -273,3 +276,22 @@ def test_yaml_files_meet_the_same_checks(tmp_path):
     path.write_text("model: {norm: ienb}\n")
     with pytest.raises(ConfigError, match="did you mean 'iebn'"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["task=classification"],
+         "data.name: 'coco_sample' is a detection data set but the config's task is "
+         "'classification'; set task: detection"),
+        (["data.name=digits", "data.loader=memory", "data.test_split=test"],
+         "data.name: 'digits' is not a detection data set but the config's task is "
+         "'detection'; choose a detection data set (normlab list datasets)"),
+        (["model.name=resnet18", "model.kwargs={}"],
+         "model.name: 'resnet18' is not a detection model but the config's task is "
+         "'detection'; choose a detection model (normlab list models)"),
+    ],
+)
+def test_detection_data_and_models_go_with_the_detection_task(items, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("sn_coco_fasterrcnn_fpn_tiny", items)

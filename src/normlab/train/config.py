@@ -46,7 +46,7 @@ import yaml
 
 from normlab.data.presets import list_transform_presets
 from normlab.data.registry import DatasetInfo, dataset_info, list_datasets
-from normlab.models.registry import list_models, model_constructor
+from normlab.models.registry import list_models, model_constructor, model_info
 from normlab.norms.registry import (
     canonical_norm,
     norm_options,
@@ -239,9 +239,9 @@ class ModelConfig(_Section):
                 valid = sorted(o for o in options if o not in _SET_BY_MODEL_CONFIG)
                 raise _unknown_option(f"model.kwargs.{option}", f"model {self.name!r}", valid)
         check_keywords("model.kwargs", self.kwargs, options or {})
-        downsample = self.kwargs.get("norm_downsample")
-        if isinstance(downsample, str):
-            _check_norm("model.kwargs.norm_downsample", downsample)
+        for option, value in self.kwargs.items():
+            if isinstance(value, str) and (option.endswith("_norm") or option == "norm_downsample"):
+                _check_norm(f"model.kwargs.{option}", value)
         norm_kwargs = self.kwargs.get("norm_kwargs", {})
         if not isinstance(norm_kwargs, dict):
             raise ConfigError(
@@ -623,6 +623,26 @@ class Config(_Section):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def _check(self) -> None:
+        """A detection data set or model goes with ``task: detection``, and that task with
+        both (other tasks read classification data sets and networks)."""
+        detection = self.task == _DETECTION
+        kinds = (
+            ("data.name", self.data.name, "data set", dataset_info(self.data.name).task),
+            ("model.name", self.model.name, "model", model_info(self.model.name)["family"]),
+        )
+        for key, name, what, kind in kinds:
+            if (kind == _DETECTION) != detection:
+                fix = (f"set task: {_DETECTION}" if kind == _DETECTION
+                       else f"choose a {_DETECTION} {what} (normlab list {what.replace(' ', '')}s)")
+                raise ConfigError(
+                    f"{key}: {name!r} is {'a' if kind == _DETECTION else 'not a'} "
+                    f"{_DETECTION} {what} but the config's task is {self.task!r}; {fix}"
+                )
+
+
+_DETECTION = "detection"
 
 
 _FREE_FORM = {"model.kwargs", "data.kwargs", "data.mix.kwargs", "optim.param_groups"}
