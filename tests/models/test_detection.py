@@ -26,6 +26,7 @@ from normlab.models.detection_parts import SeededSampler
 from normlab.models.registry import model_constructor
 from normlab.norms import BatchNorm2d, GroupNorm2d, NormBase, SwitchNorm2d, is_frozen
 from normlab.train.validation import keyword_parameters
+from tests.models.helpers import on_meta
 
 NAMES = ("fasterrcnn_c4_resnet50", "fasterrcnn_fpn_resnet50", "maskrcnn_fpn_resnet50")
 TINY = {
@@ -111,6 +112,54 @@ def test_train_losses_and_eval_predictions(name):
         assert (out["boxes"][:, 2] <= w + 1e-4).all() and (out["boxes"][:, 3] <= h + 1e-4).all()
         if "mask" in name:
             assert out["masks"].shape == (count, 1, h, w)
+
+
+TORCHVISION_TWINS = {
+    "fasterrcnn_fpn_resnet50": torchvision.models.detection.fasterrcnn_resnet50_fpn,
+    "maskrcnn_fpn_resnet50": torchvision.models.detection.maskrcnn_resnet50_fpn,
+}
+
+
+@pytest.mark.parametrize("name", TORCHVISION_TWINS)
+def test_same_state_dict_layout_as_torchvision(name):
+    with on_meta():
+        ours = create_model(name, num_classes=91)
+        theirs = TORCHVISION_TWINS[name](weights=None, weights_backbone=None, num_classes=91)
+    shapes = {k: v.shape for k, v in ours.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in theirs.state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION_TWINS)
+def test_torchvision_weights_give_torchvisions_losses_and_predictions(name):
+    """With BN, no head norm and the same weights, our detector is torchvision's: same
+    training losses (the unseeded sampler draws what torchvision's draws from the same
+    global generator) and the same predictions."""
+    options = {k: v for k, v in TINY.items() if k != "backbone"}
+    options["box_detections_per_img"] = 20
+    torch.manual_seed(0)
+    theirs = TORCHVISION_TWINS[name](
+        weights=None, weights_backbone=None, num_classes=4, **options
+    )
+    ours = create_model(name, num_classes=4, **options)
+    ours.load_state_dict(theirs.state_dict())
+    images, targets = sample([(80, 96), (96, 72)])
+    results = []
+    for model in (theirs, ours):
+        model.train()
+        torch.manual_seed(7)
+        losses = model(images, targets)
+        model.eval()
+        with torch.no_grad():
+            results.append((losses, model(images)))
+    (losses, predictions), (our_losses, our_predictions) = results
+    assert set(losses) == set(our_losses)
+    for key, value in losses.items():
+        torch.testing.assert_close(our_losses[key], value, rtol=2e-3, atol=1e-5)
+    for theirs_out, ours_out in zip(predictions, our_predictions):
+        assert torch.equal(ours_out["labels"], theirs_out["labels"])
+        for key in set(theirs_out) - {"labels"}:
+            torch.testing.assert_close(ours_out[key], theirs_out[key], rtol=1e-3, atol=1e-3)
 
 
 def test_transform_normalizes_with_imagenet_statistics():
