@@ -246,10 +246,10 @@ class SeededSampler:
 
     def _draw(self, indices: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
         if generator is None:
-            order = torch.randperm(indices.numel(), device=indices.device)
+            chosen = torch.randperm(indices.numel(), device=indices.device)[:count]
         else:
-            order = torch.randperm(indices.numel(), generator=generator).to(indices.device)
-        return indices[order[:count]]
+            chosen = torch.randperm(indices.numel(), generator=generator)[:count]
+        return indices[chosen.to(indices.device)]
 
     def __call__(self, matched_idxs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Sample each image's elements.
