@@ -12,4 +12,7 @@ from normlab.experiments.tables import (  # noqa: F401  (each module registers i
     iebn_table4_position,
     iebn_table5_init_grid,
     sn_table2_batch_sizes,
+    sn_table4_coco_fasterrcnn_c4,
+    sn_table5_coco_fasterrcnn_fpn,
+    sn_table6_coco_maskrcnn_fpn,
 )
