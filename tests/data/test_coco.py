@@ -1,4 +1,6 @@
 import json
+import os
+import time
 
 import numpy as np
 import pycocotools.mask as mask_api
@@ -18,7 +20,14 @@ from normlab.data import (
     index_coco,
     write_coco_sample,
 )
+from normlab.data import coco as coco_module
 from normlab.data.coco_sample import COCO_SAMPLE_CATEGORIES
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(tmp_path / "default-cache"))
+
 
 CATEGORIES = [{"id": 5, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 9, "name": "box"}]
 
@@ -98,6 +107,57 @@ def test_boxes_labels_and_masks_written_are_read_back(tmp_path, masks):
     np.testing.assert_array_equal(target["masks"][2], rectangle)
     assert "masks" not in source.target(2, masks=False)
     assert source.target(1, masks=True)["masks"].shape == (0, 12, 16)
+
+
+def _age(file, seconds=10):
+    """Date a file's modification back (a file modified just now is not cached)."""
+    past = time.time() - seconds
+    os.utime(file, (past, past))
+
+
+def test_the_index_is_cached_until_the_annotation_file_changes(tmp_path, monkeypatch, masks):
+    segmentation = mask_api.encode(np.asfortranarray(masks[0]))
+    segmentation["counts"] = segmentation["counts"].decode()
+    write_coco(tmp_path, [_image(1), _image(2)],
+               [_annotation(1, 1), _annotation(2, 2, segmentation=segmentation)])
+    file = tmp_path / "annotations" / "instances_s.json"
+    cache = tmp_path / "cache"
+    index_coco(tmp_path, "s", cache_dir=cache)
+    assert not cache.exists()  # the file was written just now
+    _age(file)
+    built = index_coco(tmp_path, "s", cache_dir=cache)
+    assert len(list(cache.iterdir())) == 1
+
+    def unread(file):
+        raise AssertionError("read the annotation file")
+
+    monkeypatch.setattr(coco_module, "_load_json", unread)
+    cached = index_coco(tmp_path, "s", cache_dir=cache)
+    assert cached.classes == built.classes and cached.category_ids == built.category_ids
+    for i in range(2):
+        assert cached.image_id(i) == built.image_id(i) and cached.size(i) == built.size(i)
+        for key, value in built.target(i, masks=True).items():
+            np.testing.assert_array_equal(cached.target(i, masks=True)[key], value)
+    np.testing.assert_array_equal(cached.target(1, masks=True)["masks"][0], masks[0])
+    (tmp_path / "s" / "0002.jpg").unlink()
+    with pytest.raises(MissingDatasetError, match="image file of image id 2"):
+        index_coco(tmp_path, "s", cache_dir=cache)  # checked on a cache hit too
+    with pytest.raises(AssertionError, match="read the annotation file"):
+        index_coco(tmp_path, "s", cache_dir=cache, masks=False)  # another index
+    content = json.loads(file.read_text())
+    content["categories"][0]["name"] = "lion"
+    file.write_text(json.dumps(content))
+    _age(file, 5)
+    with pytest.raises(AssertionError, match="read the annotation file"):
+        index_coco(tmp_path, "s", cache_dir=cache)
+
+
+def test_an_index_without_masks_gives_no_masks(tmp_path):
+    write_coco(tmp_path, [_image(1)], [_annotation(1, 1)])
+    source = index_coco(tmp_path, "s", masks=False)
+    assert source.target(0, masks=False)["labels"].tolist() == [2]
+    with pytest.raises(ValueError, match="indexed without masks"):
+        source.target(0, masks=True)
 
 
 def test_train_drops_images_without_a_usable_annotation(tmp_path):
@@ -226,7 +286,7 @@ def test_the_registry_knows_the_detection_sets(sample):
     assert dataset_info("coco").task == dataset_info("coco_sample").task == "detection"
     assert dataset_info("mnist").task == "classification"
     assert dataset_info("coco_sample").splits == ("train", "val")
-    assert dataset_info("coco").options == ("masks", "train")
+    assert dataset_info("coco").options == ("masks", "train", "cache_dir")
     source = create_detection_source("coco", sample, "val", masks=False)
     assert len(source) == 6
     with pytest.raises(ValueError, match="'coco' is a detection data set .*create_dataset"):

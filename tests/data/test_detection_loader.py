@@ -10,6 +10,11 @@ from normlab.data.detection_loader import aspect_grouped_batches
 from normlab.data.detection_transforms import hflip_sample
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(tmp_path / "default-cache"))
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return write_coco_sample(tmp_path_factory.mktemp("coco") / "sample", train_images=22,

@@ -9,8 +9,17 @@ The annotation file is read once with pycocotools (Lin et al., "Microsoft COCO: 
 Objects in Context", ECCV 2014) and checked; what a training loader needs is kept in compact
 arrays (a few arrays for all images and annotations, never a Python object per annotation,
 since DataLoader workers hold a copy): file names, image ids and sizes, every non-crowd
-annotation's box and label, and its segmentation as JSON text in one byte buffer, decoded
-to a mask only when the image is loaded.
+annotation's box and label, and its polygons as float64 coordinates (an RLE as JSON text),
+decoded to a mask only when the image is loaded.
+
+Cache: the arrays are stored as one ``.npz`` file in ``cache_dir`` (default:
+``$NORMLAB_CACHE_DIR`` or ``~/.cache/normlab/index``) per (annotation file, its size and
+modification time, ``masks``, ``train``), so a later run skips the JSON: measured on this
+2-core machine with a synthetic file a tenth of ``instances_train2017.json`` (11.8k images,
+86k annotations of 24-point polygons, 50 MB), 6.8 s to read and check, 0.24 s from the
+cache (38 MB of arrays); the full file takes about ten times that. Every image file is
+still checked to exist. A file modified less than two seconds before it was read is not
+cached (the file system's clock is coarse).
 
 Labels: the categories sorted by id are labels ``1 .. K`` (0 is the background of
 torchvision's detectors); ``category_ids[k - 1]`` maps label ``k`` back for the evaluator.
@@ -25,17 +34,22 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .coco_masks import decode_segmentation, pycocotools_modules
+from .coco_masks import (
+    decode_segmentation,
+    pack_segmentations,
+    pycocotools_modules,
+    unpack_segmentation,
+)
 from .coco_sample import COCO_SAMPLE_SPLITS, write_coco_sample
 from .errors import CorruptDatasetError, MissingDatasetError
-from .index_cache import default_cache_dir
+from .index_cache import cache_file, default_cache_dir, load_index, store_index
 from .textures import resolve_texture_source
 
 __all__ = [
@@ -54,6 +68,8 @@ COCO_HINT = (
 """Where the COCO files come from, the end of every missing-file message."""
 _FIX = "Fix or remove the annotation"
 _SAMPLE_VERSION = 1
+_FORMAT = 1
+_RACY_NS = 2_000_000_000
 
 
 class CocoSource:
@@ -67,8 +83,8 @@ class CocoSource:
         arrays: ``file_name`` (N,) bytes, ``image_id`` (N,) int64, ``height``, ``width``
             (N,) int32, ``first`` (N + 1,) int64 (image ``i``'s annotations are rows
             ``first[i]:first[i + 1]``), ``boxes`` (A, 4) float32 xyxy, ``labels`` (A,)
-            int64, ``segmentation`` uint8 JSON text with ``segmentation_at`` (A + 1,) int64
-            offsets.
+            int64 and, for masks, the segmentations
+            (:func:`~normlab.data.coco_masks.pack_segmentations`).
 
     Attributes:
         name: Data set name.
@@ -149,11 +165,12 @@ class CocoSource:
             "labels": self._arrays["labels"][start:stop].copy(),
         }
         if masks:
+            if "polygons_of" not in self._arrays:
+                raise ValueError(f"{self.name} was indexed without masks (index_coco masks=False)")
             height, width = self.size(i)
-            text, at = self._arrays["segmentation"], self._arrays["segmentation_at"]
             stack = np.zeros((stop - start, height, width), dtype=np.uint8)
             for row, a in enumerate(range(start, stop)):
-                segmentation = json.loads(text[at[a] : at[a + 1]].tobytes())
+                segmentation = unpack_segmentation(self._arrays, a)
                 stack[row] = decode_segmentation(segmentation, height, width)
             target["masks"] = stack
         return target
@@ -232,21 +249,13 @@ def _box(file: Path, what: str, annotation: dict[str, Any], height: int, width: 
     return [x1, y1, x2, y2]
 
 
-class _Columns:
-    """The index arrays while the annotations are checked."""
-
-    def __init__(self) -> None:
-        self.boxes: list[list[float]] = []
-        self.labels: list[int] = []
-        self.segmentations: list[bytes] = []
-
-
 def _annotations(
     file: Path, dataset: dict[str, Any], images: dict[int, dict[str, Any]],
     labels: dict[int, int], masks: bool,
-) -> dict[int, list[dict[str, Any]]]:
-    """Every image id's non-crowd annotations, after checking every annotation."""
-    per_image: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
+) -> dict[int, list[tuple[list[float], int, Any]]]:
+    """Every image id's non-crowd annotations as (box xyxy, label, segmentation), after
+    checking every annotation."""
+    per_image: dict[int, list[tuple[list[float], int, Any]]] = {i: [] for i in images}
     for annotation in dataset["annotations"]:
         image_id = annotation.get("image_id")
         what = f"annotation {annotation.get('id')} (image id {image_id})"
@@ -262,10 +271,51 @@ def _annotations(
         box = _box(file, what, annotation, height, width)
         if annotation.get("iscrowd", 0):
             continue
+        segmentation = annotation.get("segmentation")
         if masks:
-            _check_segmentation(file, what, annotation.get("segmentation"), height, width)
-        per_image[image_id].append({**annotation, "box": box})
+            _check_segmentation(file, what, segmentation, height, width)
+        per_image[image_id].append((box, labels[category], segmentation))
     return per_image
+
+
+def _build(
+    file: Path, masks: bool, train: bool
+) -> tuple[list[tuple[int, str]], dict[str, np.ndarray]]:
+    """The categories and index arrays of an annotation file (read and checked)."""
+    dataset = _load_json(file)
+    categories = _categories(file, dataset)
+    labels = {c: k + 1 for k, (c, _) in enumerate(categories)}
+    images = {int(image["id"]): image for image in dataset["images"]}
+    per_image = _annotations(file, dataset, images, labels, masks)
+    kept = [i for i in sorted(images) if per_image[i] or not train]
+    annotations = [a for i in kept for a in per_image[i]]
+    arrays = {
+        "file_name": np.array([images[i]["file_name"].encode() for i in kept], dtype=np.bytes_),
+        "image_id": np.array(kept, dtype=np.int64),
+        "height": np.array([images[i]["height"] for i in kept], dtype=np.int32),
+        "width": np.array([images[i]["width"] for i in kept], dtype=np.int32),
+        "first": np.cumsum([0] + [len(per_image[i]) for i in kept], dtype=np.int64),
+        "boxes": np.array([box for box, _, _ in annotations], dtype=np.float32).reshape(-1, 4),
+        "labels": np.array([label for _, label, _ in annotations], dtype=np.int64),
+    }
+    if masks:
+        arrays |= pack_segmentations([segmentation for _, _, segmentation in annotations])
+    return categories, arrays
+
+
+def _check_files(file: Path, folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Every indexed image file exists.
+
+    Raises:
+        MissingDatasetError: Naming the first missing file and its image id.
+    """
+    for name, image_id in zip(arrays["file_name"], arrays["image_id"]):
+        path = folder / name.decode()
+        if not path.is_file():
+            raise MissingDatasetError(
+                path, f"image file of image id {image_id} (listed in {file.name}) is missing",
+                f"Restore it, or remove the image from the annotations. {COCO_HINT}",
+            )
 
 
 def index_coco(
@@ -274,13 +324,14 @@ def index_coco(
     *,
     masks: bool = True,
     train: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> CocoSource:
     """Index ``root/annotations/instances_<split>.json`` and the images of ``root/<split>``.
 
     Every annotation is checked (its image and category exist, its box has positive width
     and height and overlaps the image, its segmentation is valid when ``masks``), and every
     kept image file must exist; the first problem raises a one-line error naming the
-    annotation or image.
+    annotation or image. Boxes reaching past the image are clipped to it.
 
     Args:
         root: The folder holding ``annotations/`` and the image folders.
@@ -288,6 +339,7 @@ def index_coco(
         masks: Whether targets carry instance masks (segmentations are then checked).
         train: Drop images without a non-crowd annotation (torchvision's detection
             references do, for training); evaluation keeps every image.
+        cache_dir: Folder of the index cache (module docstring).
 
     Returns:
         The images, sorted by image id.
@@ -305,38 +357,19 @@ def index_coco(
                                   COCO_HINT)
     if not folder.is_dir():
         raise MissingDatasetError(folder, f"no image folder for split {split!r}", COCO_HINT)
-    dataset = _load_json(file)
-    categories = _categories(file, dataset)
-    labels = {c: k + 1 for k, (c, _) in enumerate(categories)}
-    images = {int(image["id"]): image for image in dataset["images"]}
-    per_image = _annotations(file, dataset, images, labels, masks)
-    kept = [i for i in sorted(images) if per_image[i] or not train]
-    columns = _Columns()
-    first = [0]
-    for image_id in kept:
-        path = folder / images[image_id]["file_name"]
-        if not path.is_file():
-            raise MissingDatasetError(
-                path, f"image file of image id {image_id} (listed in {file.name}) is missing",
-                f"Restore it, or remove the image from the annotations. {COCO_HINT}",
-            )
-        for annotation in per_image[image_id]:
-            columns.boxes.append(annotation["box"])
-            columns.labels.append(labels[annotation["category_id"]])
-            columns.segmentations.append(json.dumps(annotation.get("segmentation")).encode())
-        first.append(len(columns.labels))
-    lengths = [len(s) for s in columns.segmentations]
-    arrays = {
-        "file_name": np.array([images[i]["file_name"].encode() for i in kept], dtype=np.bytes_),
-        "image_id": np.array(kept, dtype=np.int64),
-        "height": np.array([images[i]["height"] for i in kept], dtype=np.int32),
-        "width": np.array([images[i]["width"] for i in kept], dtype=np.int32),
-        "first": np.array(first, dtype=np.int64),
-        "boxes": np.array(columns.boxes, dtype=np.float32).reshape(-1, 4),
-        "labels": np.array(columns.labels, dtype=np.int64),
-        "segmentation": np.frombuffer(b"".join(columns.segmentations), dtype=np.uint8),
-        "segmentation_at": np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]),
-    }
+    stat = file.stat()
+    key = {"format": _FORMAT, "file": str(file.resolve()), "size": stat.st_size,
+           "mtime_ns": stat.st_mtime_ns, "masks": masks, "train": train}
+    cache = cache_file(cache_dir, "coco", key)
+    stored = load_index(cache, key)
+    if stored is None:
+        categories, arrays = _build(file, masks, train)
+        if time.time_ns() - stat.st_mtime_ns > _RACY_NS:
+            store_index(cache, key, {"categories": categories}, arrays)
+    else:
+        record, arrays = stored
+        categories = [(int(c), str(n)) for c, n in record["categories"]]
+    _check_files(file, folder, arrays)
     return CocoSource(f"coco:{root}/{split}", folder, file, categories, arrays)
 
 
