@@ -402,10 +402,12 @@ def coco_sample_root(root: str | Path | None = None) -> Path:
     return folder
 
 
-def index_coco_sample(split: str, *, masks: bool = True, train: bool = False) -> CocoSource:
+def index_coco_sample(
+    split: str, *, masks: bool = True, train: bool = False, cache_dir: str | Path | None = None
+) -> CocoSource:
     """:func:`index_coco` of the built-in sample set (:func:`coco_sample_root`)."""
     if split not in COCO_SAMPLE_SPLITS:
         raise ValueError(
             f"unknown coco_sample split {split!r}; valid: {', '.join(COCO_SAMPLE_SPLITS)}"
         )
-    return index_coco(coco_sample_root(), split, masks=masks, train=train)
+    return index_coco(coco_sample_root(), split, masks=masks, train=train, cache_dir=cache_dir)
