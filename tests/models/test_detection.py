@@ -162,6 +162,36 @@ def test_torchvision_weights_give_torchvisions_losses_and_predictions(name):
             torch.testing.assert_close(ours_out[key], theirs_out[key], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
+def test_frozen_norm_is_torchvisions_frozen_batch_norm():
+    """BN† (``frozen_norm=True``) trains as torchvision's detectors with
+    ``FrozenBatchNorm2d``: running statistics in training, no update."""
+    detection = torchvision.models.detection
+    options = {k: v for k, v in TINY.items() if k != "backbone"}
+    torch.manual_seed(0)
+    backbone = detection.backbone_utils.resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=5
+    )
+    for m in backbone.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            for buffer in (m.weight, m.bias, m.running_mean):
+                buffer.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+    theirs = detection.FasterRCNN(backbone, num_classes=4, **options)
+    ours = create_model("fasterrcnn_fpn_resnet50", num_classes=4, frozen_norm=True, **options)
+    missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    images, targets = sample([(80, 96), (96, 72)])
+    results = []
+    for model in (theirs, ours):
+        model.train()
+        torch.manual_seed(7)
+        results.append(model(images, targets))
+    for key, value in results[0].items():
+        torch.testing.assert_close(results[1][key], value, rtol=2e-3, atol=1e-5)
+    torch.testing.assert_close(ours.backbone.body.bn1.running_mean, backbone.body.bn1.running_mean)
+
+
 def test_transform_normalizes_with_imagenet_statistics():
     model = tiny("fasterrcnn_fpn_resnet50")
     assert tuple(model.transform.image_mean) == IMAGENET_STATS[0]
