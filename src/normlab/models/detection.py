@@ -365,6 +365,12 @@ def fasterrcnn_c4_resnet50(
     Raises:
         ConfigError: an unknown option, a value out of range, or ``head_norm`` set.
         CheckpointError: ``pretrained`` is missing, unreadable or does not fit.
+
+    Shape:
+        - Input: a list of N images ``(3, H_i, W_i)`` in ``[0, 1]`` (any sizes; resized
+          inside to ``min_size``/``max_size``), in training also N target dicts
+          (``boxes`` (R_i, 4) xyxy pixels, ``labels`` (R_i,) in 1..num_classes-1).
+        - Output: the loss dict (training), or N prediction dicts (eval).
     """
     model = "fasterrcnn_c4_resnet50"
     opts = _options(model, C4Options, options, num_classes, in_chans)
