@@ -115,24 +115,31 @@ def _age(file, seconds=10):
     os.utime(file, (past, past))
 
 
+@pytest.mark.filterwarnings("ignore:.*dropped 1 bad annotation")
 def test_the_index_is_cached_until_the_annotation_file_changes(tmp_path, monkeypatch, masks):
     segmentation = mask_api.encode(np.asfortranarray(masks[0]))
     segmentation["counts"] = segmentation["counts"].decode()
     write_coco(tmp_path, [_image(1), _image(2)],
-               [_annotation(1, 1), _annotation(2, 2, segmentation=segmentation)])
+               [_annotation(1, 1), _annotation(2, 2, segmentation=segmentation),
+                _annotation(3, 2, bbox=(1, 1, 0, 0), iscrowd=1)])
     file = tmp_path / "annotations" / "instances_s.json"
     cache = tmp_path / "cache"
-    index_coco(tmp_path, "s", cache_dir=cache)
+
+    def index(**options):
+        return index_coco(tmp_path, "s", cache_dir=cache, on_bad_annotation="skip", **options)
+
+    index()
     assert not cache.exists()  # the file was written just now
     _age(file)
-    built = index_coco(tmp_path, "s", cache_dir=cache)
+    built = index()
     assert len(list(cache.iterdir())) == 1
 
     def unread(file):
         raise AssertionError("read the annotation file")
 
     monkeypatch.setattr(coco_module, "_load_json", unread)
-    cached = index_coco(tmp_path, "s", cache_dir=cache)
+    with pytest.warns(UserWarning, match="dropped 1 bad annotation"):  # told from the cache too
+        cached = index()
     assert cached.classes == built.classes and cached.category_ids == built.category_ids
     for i in range(2):
         assert cached.image_id(i) == built.image_id(i) and cached.size(i) == built.size(i)
@@ -141,15 +148,15 @@ def test_the_index_is_cached_until_the_annotation_file_changes(tmp_path, monkeyp
     np.testing.assert_array_equal(cached.target(1, masks=True)["masks"][0], masks[0])
     (tmp_path / "s" / "0002.jpg").unlink()
     with pytest.raises(MissingDatasetError, match="image file of image id 2"):
-        index_coco(tmp_path, "s", cache_dir=cache)  # checked on a cache hit too
+        index()  # checked on a cache hit too
     with pytest.raises(AssertionError, match="read the annotation file"):
-        index_coco(tmp_path, "s", cache_dir=cache, masks=False)  # another index
+        index(masks=False)  # another index
     content = json.loads(file.read_text())
     content["categories"][0]["name"] = "lion"
     file.write_text(json.dumps(content))
     _age(file, 5)
     with pytest.raises(AssertionError, match="read the annotation file"):
-        index_coco(tmp_path, "s", cache_dir=cache)
+        index()
 
 
 def test_an_index_without_masks_gives_no_masks(tmp_path):
@@ -189,6 +196,22 @@ def test_a_bad_annotation_is_named_in_one_line(tmp_path, annotation, message):
     with pytest.raises(CorruptDatasetError, match=message) as error:
         index_coco(tmp_path, "s")
     assert "\n" not in str(error.value) and "instances_s.json" in str(error.value)
+
+
+def test_bad_boxes_and_segmentations_can_be_skipped_with_a_warning(tmp_path):
+    annotations = [_annotation(1, 1), _annotation(2, 1, bbox=(2, 3, 4, 0)),
+                   _annotation(3, 1, segmentation=[[1, 2]]), _annotation(4, 1, category=9)]
+    write_coco(tmp_path, [_image(1)], annotations)
+    with pytest.raises(CorruptDatasetError, match="on_bad_annotation='skip'"):
+        index_coco(tmp_path, "s")
+    with pytest.warns(UserWarning, match=r"dropped 2 bad annotation\(s\) .*; the first: "
+                      r"annotation 2 \(image id 1\) has a zero-area"):
+        source = index_coco(tmp_path, "s", on_bad_annotation="skip")
+    assert source.target(0, masks=True)["labels"].tolist() == [2, 3]
+    annotations.append(_annotation(5, 1, category=4))
+    write_coco(tmp_path, [_image(1)], annotations)
+    with pytest.raises(CorruptDatasetError, match="category id 4, which is not in"):
+        index_coco(tmp_path, "s", on_bad_annotation="skip")
 
 
 def test_segmentations_are_only_checked_for_masks(tmp_path):
@@ -286,7 +309,7 @@ def test_the_registry_knows_the_detection_sets(sample):
     assert dataset_info("coco").task == dataset_info("coco_sample").task == "detection"
     assert dataset_info("mnist").task == "classification"
     assert dataset_info("coco_sample").splits == ("train", "val")
-    assert dataset_info("coco").options == ("masks", "train", "cache_dir")
+    assert dataset_info("coco").options == ("masks", "train", "on_bad_annotation", "cache_dir")
     source = create_detection_source("coco", sample, "val", masks=False)
     assert len(source) == 6
     with pytest.raises(ValueError, match="'coco' is a detection data set .*create_dataset"):

@@ -35,9 +35,10 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -67,6 +68,11 @@ COCO_HINT = (
 )
 """Where the COCO files come from, the end of every missing-file message."""
 _FIX = "Fix or remove the annotation"
+_SKIP_FIX = (
+    "Fix or remove the annotation, or pass on_bad_annotation='skip' "
+    "(data.kwargs.on_bad_annotation=skip) to drop such annotations (COCO train2017 has two "
+    "boxes of height 0)"
+)
 _SAMPLE_VERSION = 1
 _FORMAT = 1
 _RACY_NS = 2_000_000_000
@@ -225,7 +231,7 @@ def _check_segmentation(
         problem = f"has an RLE of size {size}, not the image's {[height, width]}"
     else:
         problem = "has no segmentation (polygons or RLE), needed for masks"
-    raise CorruptDatasetError(file, f"{what} {problem}", _FIX)
+    raise CorruptDatasetError(file, f"{what} {problem}", _SKIP_FIX)
 
 
 def _box(file: Path, what: str, annotation: dict[str, Any], height: int, width: int) -> list[float]:
@@ -233,29 +239,34 @@ def _box(file: Path, what: str, annotation: dict[str, Any], height: int, width: 
     outside box."""
     bbox = annotation.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4:
-        raise CorruptDatasetError(file, f"{what} has no bbox [x, y, width, height]", _FIX)
+        raise CorruptDatasetError(file, f"{what} has no bbox [x, y, width, height]", _SKIP_FIX)
     x, y, w, h = (float(v) for v in bbox)
     if not (w > 0 and h > 0):
         raise CorruptDatasetError(
             file, f"{what} has a zero-area or negative box {bbox} (width and height must be > 0)",
-            _FIX,
+            _SKIP_FIX,
         )
     x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     if not (x2 > x1 and y2 > y1):
         raise CorruptDatasetError(
-            file, f"{what} has a box {bbox} outside its {width}x{height} image", _FIX
+            file, f"{what} has a box {bbox} outside its {width}x{height} image", _SKIP_FIX
         )
     return [x1, y1, x2, y2]
 
 
+_Annotations = dict[int, list[tuple[list[float], int, Any]]]
+
+
 def _annotations(
     file: Path, dataset: dict[str, Any], images: dict[int, dict[str, Any]],
-    labels: dict[int, int], masks: bool,
-) -> dict[int, list[tuple[list[float], int, Any]]]:
+    labels: dict[int, int], masks: bool, skip: bool,
+) -> tuple[_Annotations, list[str]]:
     """Every image id's non-crowd annotations as (box xyxy, label, segmentation), after
-    checking every annotation."""
-    per_image: dict[int, list[tuple[list[float], int, Any]]] = {i: [] for i in images}
+    checking every annotation, and the problems of those skipped (with ``skip``: a bad
+    box or segmentation)."""
+    per_image: _Annotations = {i: [] for i in images}
+    skipped: list[str] = []
     for annotation in dataset["annotations"]:
         image_id = annotation.get("image_id")
         what = f"annotation {annotation.get('id')} (image id {image_id})"
@@ -268,25 +279,32 @@ def _annotations(
             )
         image = images[image_id]
         height, width = int(image["height"]), int(image["width"])
-        box = _box(file, what, annotation, height, width)
-        if annotation.get("iscrowd", 0):
-            continue
+        crowd = bool(annotation.get("iscrowd", 0))
         segmentation = annotation.get("segmentation")
-        if masks:
-            _check_segmentation(file, what, segmentation, height, width)
-        per_image[image_id].append((box, labels[category], segmentation))
-    return per_image
+        try:
+            box = _box(file, what, annotation, height, width)
+            if masks and not crowd:
+                _check_segmentation(file, what, segmentation, height, width)
+        except CorruptDatasetError as error:
+            if not skip:
+                raise
+            skipped.append(error.problem)
+            continue
+        if not crowd:
+            per_image[image_id].append((box, labels[category], segmentation))
+    return per_image, skipped
 
 
 def _build(
-    file: Path, masks: bool, train: bool
-) -> tuple[list[tuple[int, str]], dict[str, np.ndarray]]:
-    """The categories and index arrays of an annotation file (read and checked)."""
+    file: Path, masks: bool, train: bool, skip: bool
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The record (categories, skipped annotations) and index arrays of an annotation
+    file (read and checked)."""
     dataset = _load_json(file)
     categories = _categories(file, dataset)
     labels = {c: k + 1 for k, (c, _) in enumerate(categories)}
     images = {int(image["id"]): image for image in dataset["images"]}
-    per_image = _annotations(file, dataset, images, labels, masks)
+    per_image, skipped = _annotations(file, dataset, images, labels, masks, skip)
     kept = [i for i in sorted(images) if per_image[i] or not train]
     annotations = [a for i in kept for a in per_image[i]]
     arrays = {
@@ -300,7 +318,8 @@ def _build(
     }
     if masks:
         arrays |= pack_segmentations([segmentation for _, _, segmentation in annotations])
-    return categories, arrays
+    record = {"categories": categories, "skipped": len(skipped), "first_skipped": skipped[:1]}
+    return record, arrays
 
 
 def _check_files(file: Path, folder: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -324,6 +343,7 @@ def index_coco(
     *,
     masks: bool = True,
     train: bool = False,
+    on_bad_annotation: Literal["stop", "skip"] = "stop",
     cache_dir: str | Path | None = None,
 ) -> CocoSource:
     """Index ``root/annotations/instances_<split>.json`` and the images of ``root/<split>``.
@@ -333,12 +353,19 @@ def index_coco(
     kept image file must exist; the first problem raises a one-line error naming the
     annotation or image. Boxes reaching past the image are clipped to it.
 
+    With ``on_bad_annotation="skip"`` an annotation with a bad box (zero-area, negative,
+    outside the image) or, for masks, a bad segmentation is dropped instead, with one
+    warning that counts them and names the first (torchvision's references drop such
+    boxes silently; COCO train2017 has two of height 0). Unknown image or category ids
+    are always errors.
+
     Args:
         root: The folder holding ``annotations/`` and the image folders.
         split: Split name, e.g. ``train2017`` or ``val2017``.
         masks: Whether targets carry instance masks (segmentations are then checked).
         train: Drop images without a non-crowd annotation (torchvision's detection
             references do, for training); evaluation keeps every image.
+        on_bad_annotation: ``"stop"`` or ``"skip"`` (see above).
         cache_dir: Folder of the index cache (module docstring).
 
     Returns:
@@ -357,19 +384,30 @@ def index_coco(
                                   COCO_HINT)
     if not folder.is_dir():
         raise MissingDatasetError(folder, f"no image folder for split {split!r}", COCO_HINT)
+    if on_bad_annotation not in ("stop", "skip"):
+        raise ValueError(
+            f"on_bad_annotation must be 'stop' or 'skip', got {on_bad_annotation!r}"
+        )
     stat = file.stat()
     key = {"format": _FORMAT, "file": str(file.resolve()), "size": stat.st_size,
-           "mtime_ns": stat.st_mtime_ns, "masks": masks, "train": train}
+           "mtime_ns": stat.st_mtime_ns, "masks": masks, "train": train,
+           "on_bad_annotation": on_bad_annotation}
     cache = cache_file(cache_dir, "coco", key)
     stored = load_index(cache, key)
     if stored is None:
-        categories, arrays = _build(file, masks, train)
+        record, arrays = _build(file, masks, train, on_bad_annotation == "skip")
         if time.time_ns() - stat.st_mtime_ns > _RACY_NS:
-            store_index(cache, key, {"categories": categories}, arrays)
+            store_index(cache, key, record, arrays)
     else:
         record, arrays = stored
-        categories = [(int(c), str(n)) for c, n in record["categories"]]
     _check_files(file, folder, arrays)
+    if record["skipped"]:
+        warnings.warn(
+            f"{file}: dropped {record['skipped']} bad annotation(s) (on_bad_annotation='skip'); "
+            f"the first: {record['first_skipped'][0]}",
+            stacklevel=2,
+        )
+    categories = [(int(c), str(n)) for c, n in record["categories"]]
     return CocoSource(f"coco:{root}/{split}", folder, file, categories, arrays)
 
 
@@ -403,11 +441,19 @@ def coco_sample_root(root: str | Path | None = None) -> Path:
 
 
 def index_coco_sample(
-    split: str, *, masks: bool = True, train: bool = False, cache_dir: str | Path | None = None
+    split: str,
+    *,
+    masks: bool = True,
+    train: bool = False,
+    on_bad_annotation: Literal["stop", "skip"] = "stop",
+    cache_dir: str | Path | None = None,
 ) -> CocoSource:
     """:func:`index_coco` of the built-in sample set (:func:`coco_sample_root`)."""
     if split not in COCO_SAMPLE_SPLITS:
         raise ValueError(
             f"unknown coco_sample split {split!r}; valid: {', '.join(COCO_SAMPLE_SPLITS)}"
         )
-    return index_coco(coco_sample_root(), split, masks=masks, train=train, cache_dir=cache_dir)
+    return index_coco(
+        coco_sample_root(), split, masks=masks, train=train,
+        on_bad_annotation=on_bad_annotation, cache_dir=cache_dir,
+    )

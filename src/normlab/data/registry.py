@@ -15,9 +15,10 @@ Names, whether they read from ``root``, their splits and their reader options:
 - ``synthetic`` (built in): train, test; ``num_classes``, ``size``, ``channels``,
   ``train_size``, ``test_size``, ``noise``, ``seed``.
 - ``coco`` (root, task detection): COCO instances, any split name (``train2017``,
-  ``val2017``); ``masks``, ``train``, ``cache_dir`` (:func:`~normlab.data.coco.index_coco`).
-- ``coco_sample`` (built in, task detection): train, val; ``masks``, ``train``,
-  ``cache_dir`` (:func:`~normlab.data.coco.index_coco_sample`).
+  ``val2017``); ``masks``, ``train``, ``on_bad_annotation``, ``cache_dir``
+  (:func:`~normlab.data.coco.index_coco`).
+- ``coco_sample`` (built in, task detection): train, val; the same options
+  (:func:`~normlab.data.coco.index_coco_sample`).
 
 Detection data sets are indexed, not read into memory: :func:`create_detection_source`
 gives their :class:`~normlab.data.coco.CocoSource` (for
@@ -252,7 +253,8 @@ def create_detection_source(
         name: A data set of task ``"detection"`` (``coco``, ``coco_sample``).
         root: Local path of the data; refused by built-in data.
         split: Split name.
-        **options: Indexer options (``masks``, ``train``, ``cache_dir``).
+        **options: Indexer options (``masks``, ``train``, ``on_bad_annotation``,
+            ``cache_dir``).
 
     Raises:
         ValueError: For an unknown name, a classification data set, an unknown split or
