@@ -62,6 +62,7 @@ from normlab.train import (
     config_to_yaml,
     evaluate_run,
     find_config,
+    get_task,
     list_configs,
     load_config,
     resume,
@@ -91,9 +92,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     finally:
         reports = leave_process_group()  # under torchrun, rank 0 reports
     if summary is not None and reports:
+        # classification reports final_acc / best_acc; other tasks final_ / best_<monitor>
+        monitor = "acc" if "final_acc" in summary else get_task(summary["task"]).monitor
         print(
-            f"run {summary['run_dir']}: final acc {summary['final_acc']:.2f}, best "
-            f"{summary['best_acc']:.2f} (epoch {summary['best_epoch']}), "
+            f"run {summary['run_dir']}: final {monitor} {summary[f'final_{monitor}']:.2f}, best "
+            f"{summary[f'best_{monitor}']:.2f} (epoch {summary['best_epoch']}), "
             f"{summary['time_s']:.1f}s training"
             + ("" if summary.get("limit_batches") is None else
                f" (limited to {summary['limit_batches']} batches per epoch)")
