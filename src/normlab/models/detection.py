@@ -85,6 +85,8 @@ class C4Options(TypedDict, total=False):
             (:func:`~normlab.models.detection_parts.load_classification_weights`).
         trainable_layers: stages trained, 0-5 (``None``: 3 when ``pretrained``, else 5).
         min_size, max_size: the transform's resize (shorter side, longer side at most).
+        roi_size: C4 only: the RoIAlign output side fed to res5, which halves it (14,
+            Detectron's; a smaller side makes the res5 head cheaper for CPU-sized runs).
         rpn_* / box_*: torchvision's ``FasterRCNN`` arguments of the same names
             (defaults as torchvision's).
     """
@@ -97,6 +99,7 @@ class C4Options(TypedDict, total=False):
     trainable_layers: int | None
     min_size: int
     max_size: int
+    roi_size: int
     rpn_pre_nms_top_n_train: int
     rpn_pre_nms_top_n_test: int
     rpn_post_nms_top_n_train: int
@@ -146,7 +149,7 @@ class MaskOptions(FPNOptions, total=False):
 
 _DEFAULTS: dict[str, Any] = {
     "frozen_norm": False, "head_norm": None, "norm_kwargs": None, "backbone": "resnet50",
-    "pretrained": None, "trainable_layers": None, "min_size": 800, "max_size": 1333,
+    "pretrained": None, "trainable_layers": None, "min_size": 800, "max_size": 1333, "roi_size": 14,
     "fpn_norm": SAME_AS_HEAD, "mask_head_norm": SAME_AS_HEAD, "fpn_channels": 256,
     "representation_size": 1024, "head_convs": 4, "mask_convs": 4,
 }
@@ -155,7 +158,7 @@ _TORCHVISION_INTS = (
     "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_detections_per_img",
     "box_batch_size_per_image",
 )
-_POSITIVE_INTS = (*_TORCHVISION_INTS, "min_size", "max_size", "fpn_channels",
+_POSITIVE_INTS = (*_TORCHVISION_INTS, "min_size", "max_size", "roi_size", "fpn_channels",
                   "representation_size", "head_convs", "mask_convs")
 _FRACTIONS = ("rpn_positive_fraction", "box_positive_fraction")
 _UNIT_FLOATS = (
@@ -306,6 +309,8 @@ def _fpn_detector(
     mask_rcnn = tv.models.detection.mask_rcnn
     options = _options(model, allowed, given, num_classes, in_chans)
     norms = _head_norms(model, options, ("head_norm", "fpn_norm", "mask_head_norm"))
+    if "roi_size" in given:
+        raise ConfigError(f"{model}: roi_size is an option of the C4 detector only")
     if norms["head_norm"] is None and "head_convs" in given:
         raise ConfigError(
             f"{model}: head_convs sets the 4conv1fc box head, which head_norm selects; "
@@ -389,7 +394,7 @@ def fasterrcnn_c4_resnet50(
         None,
         rpn_anchor_generator=anchors,
         rpn_head=detection.rpn.RPNHead(body.out_channels, anchors.num_anchors_per_location()[0]),
-        box_roi_pool=tv.ops.MultiScaleRoIAlign(["0"], 14, 2),
+        box_roi_pool=tv.ops.MultiScaleRoIAlign(["0"], opts["roi_size"], 2),
         box_head=head,
         box_predictor=detection.faster_rcnn.FastRCNNPredictor(head.out_channels, num_classes),
         **_torchvision_kwargs(opts),
