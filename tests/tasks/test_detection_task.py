@@ -137,11 +137,14 @@ def test_masks_follow_the_model_name(tmp_path):
     assert DetectionTask().train_metric(torch.device("cpu")).terms == LOSS_TERMS
 
 
-def test_coco_from_disk_needs_a_root(tmp_path):
+def test_coco_from_disk_needs_a_root_and_the_task_decides_masks(tmp_path):
     task = DetectionTask()
     config = _config(tmp_path, data={"name": "coco", "train_split": "train2017",
                                      "test_split": "val2017"})
     with pytest.raises(ConfigError, match="data.root is not set"):
+        task.build_loaders(config.data, seed=0, device=torch.device("cpu"))
+    config = _config(tmp_path, data={"kwargs": {"masks": False}})
+    with pytest.raises(ConfigError, match="data.kwargs.masks is set by the detection task"):
         task.build_loaders(config.data, seed=0, device=torch.device("cpu"))
 
 
@@ -216,7 +219,9 @@ def test_summary_and_epoch_line_report_box_and_mask_ap():
 
 def test_evaluation_scores_the_test_sources_annotations(tmp_path):
     task = DetectionTask()
-    loaders = task.build_loaders(_config(tmp_path).data, seed=0, device=torch.device("cpu"))
+    data = _config(tmp_path, data={"cache_dir": str(tmp_path / "index")}).data
+    loaders = task.build_loaders(data, seed=0, device=torch.device("cpu"))
+    assert list((tmp_path / "index").iterdir())  # the indexes are cached where asked
     assert isinstance(loaders, Loaders) and loaders.num_classes == len(
         loaders.train.source.classes) + 1
     metric = task.eval_metric(loaders, torch.device("cpu"))

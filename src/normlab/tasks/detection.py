@@ -148,13 +148,16 @@ class DetectionTask(Task):
         return cls(masks=predicts_masks(config.model.name))
 
     def _source(self, data: DataConfig, split: str, train: bool) -> CocoSource:
-        """The indexed ``split`` of ``data.name``, with or without masks.
+        """The indexed ``split`` of ``data.name``, with or without masks (the index cached
+        in ``data.cache_dir``; ``data.kwargs`` are the indexer's other options, e.g.
+        ``on_bad_annotation``).
 
         Raises:
             ConfigError: ``data.root`` is missing for data read from disk, or
                 ``data.kwargs`` sets what the task decides (``masks``, ``train``).
         """
-        if dataset_info(data.name).needs_root and data.root is None:
+        info = dataset_info(data.name)
+        if info.needs_root and data.root is None:
             raise ConfigError(
                 f"data.root is not set: {data.name!r} is read from a local COCO folder "
                 "(annotations/instances_<split>.json and <split>/); give it with "
@@ -166,8 +169,11 @@ class DetectionTask(Task):
                 f"data.kwargs.{fixed[0]} is set by the detection task (masks for a *mask* "
                 "model, train for the training split); remove it"
             )
+        options = dict(data.kwargs)
+        if "cache_dir" in info.source_options:
+            options.setdefault("cache_dir", data.cache_dir)
         return create_detection_source(
-            data.name, data.root, split, **data.kwargs, masks=self.masks, train=train
+            data.name, data.root, split, **options, masks=self.masks, train=train
         )
 
     def build_loaders(self, data: DataConfig, *, seed: int, device: torch.device) -> Loaders:
