@@ -233,6 +233,9 @@ def test_c4_components_and_res5_head_normalized_like_the_backbone():
     assert list(parts) == ["backbone", "rpn", "box_head"]
     assert {type(m) for m in norm_layers(parts["box_head"])} == {GroupNorm2d}
     assert model.backbone.out_channels == 256 and parts["box_head"].out_channels == 512
+    assert model.roi_heads.box_roi_pool.output_size == (14, 14)
+    small = tiny("fasterrcnn_c4_resnet50", roi_size=6)
+    assert small.roi_heads.box_roi_pool.output_size == (6, 6)
 
 
 @pytest.mark.parametrize("name", ["fasterrcnn_c4_resnet50", "maskrcnn_fpn_resnet50"])
@@ -336,6 +339,7 @@ def test_c4_refuses_head_norm():
     [
         ("fasterrcnn_c4_resnet50", {"fpn_channels": 64}, "has no option 'fpn_channels'"),
         ("fasterrcnn_fpn_resnet50", {"mask_convs": 2}, "has no option 'mask_convs'"),
+        ("maskrcnn_fpn_resnet50", {"roi_size": 7}, "has no option 'roi_size'"),
         ("fasterrcnn_fpn_resnet50", {"head_convs": 2}, "head_convs sets the 4conv1fc"),
         ("fasterrcnn_fpn_resnet50", {"head_norm": "gm"}, "head_norm: unknown norm 'gm'"),
         ("fasterrcnn_fpn_resnet50", {"head_norm": "gn", "norm_kwargs": {"momentum": 0.2}},

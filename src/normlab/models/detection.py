@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "C4Options",
+    "DetectorOptions",
     "FPNOptions",
     "MaskOptions",
     "detector_components",
@@ -73,20 +74,19 @@ _C4_ANCHORS = ((32, 64, 128, 256, 512),), ((0.5, 1.0, 2.0),)
 _STAGE_RPN, _STAGE_ROI = 0, 1
 
 
-class C4Options(TypedDict, total=False):
-    """Keyword options of :func:`fasterrcnn_c4_resnet50` (every detector takes these).
+class DetectorOptions(TypedDict, total=False):
+    """Keyword options every detector takes.
 
     Keys:
         frozen_norm: BN†: freeze every backbone norm layer (C4: body and res5 head).
-        head_norm: refused for C4 (its box head is the backbone's res5); must stay None.
+        head_norm: norm of the FPN detectors' box head (and, by default, FPN and mask
+            head); refused by C4 (its box head is the backbone's res5), None there.
         norm_kwargs: options of every norm layer (backbone and heads).
         backbone: a registered v1 ImageNet ResNet (``resnet50``; ``resnet18`` for tiny runs).
         pretrained: a file with the classification ResNet's weights
             (:func:`~normlab.models.detection_parts.load_classification_weights`).
         trainable_layers: stages trained, 0-5 (``None``: 3 when ``pretrained``, else 5).
         min_size, max_size: the transform's resize (shorter side, longer side at most).
-        roi_size: C4 only: the RoIAlign output side fed to res5, which halves it (14,
-            Detectron's; a smaller side makes the res5 head cheaper for CPU-sized runs).
         rpn_* / box_*: torchvision's ``FasterRCNN`` arguments of the same names
             (defaults as torchvision's).
     """
@@ -99,7 +99,6 @@ class C4Options(TypedDict, total=False):
     trainable_layers: int | None
     min_size: int
     max_size: int
-    roi_size: int
     rpn_pre_nms_top_n_train: int
     rpn_pre_nms_top_n_test: int
     rpn_post_nms_top_n_train: int
@@ -119,8 +118,19 @@ class C4Options(TypedDict, total=False):
     box_positive_fraction: float
 
 
-class FPNOptions(C4Options, total=False):
-    """Keyword options of :func:`fasterrcnn_fpn_resnet50`: :class:`C4Options` and
+class C4Options(DetectorOptions, total=False):
+    """Keyword options of :func:`fasterrcnn_c4_resnet50`: :class:`DetectorOptions` and
+
+    Keys:
+        roi_size: the RoIAlign output side fed to res5, which halves it (14, Detectron's;
+            a smaller side makes the res5 head cheaper for CPU-sized runs).
+    """
+
+    roi_size: int
+
+
+class FPNOptions(DetectorOptions, total=False):
+    """Keyword options of :func:`fasterrcnn_fpn_resnet50`: :class:`DetectorOptions` and
 
     Keys:
         fpn_norm: norm of the FPN convolutions (``"head"``, the default: ``head_norm``).
@@ -309,8 +319,6 @@ def _fpn_detector(
     mask_rcnn = tv.models.detection.mask_rcnn
     options = _options(model, allowed, given, num_classes, in_chans)
     norms = _head_norms(model, options, ("head_norm", "fpn_norm", "mask_head_norm"))
-    if "roi_size" in given:
-        raise ConfigError(f"{model}: roi_size is an option of the C4 detector only")
     if norms["head_norm"] is None and "head_convs" in given:
         raise ConfigError(
             f"{model}: head_convs sets the 4conv1fc box head, which head_norm selects; "
