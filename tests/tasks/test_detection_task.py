@@ -67,7 +67,21 @@ def runs(tmp_path_factory):
     train(_config(out, "straight"), log=None)
     train(_config(out, "resumed", epochs=1), log=None)
     resume(out / "resumed", overrides=["train.epochs=2"], log=None)
+    with pytest.raises(KeyboardInterrupt):  # after step 1 of epoch 2, checkpointed
+        train(_config(out, "stopped", run={"checkpoint_every": 1}), log=None,
+              callbacks=[_stop_at(epoch=1, step=0)])
+    lines = []
+    resume(out / "stopped", log=lines.append)
+    assert "at epoch 1, step 1 of epoch 2" in lines[0]
     return out
+
+
+def _stop_at(epoch, step):
+    def stop(info):
+        if (info.epoch, info.step) == (epoch, step):
+            raise KeyboardInterrupt
+
+    return stop
 
 
 def _ratios_from_weights(state):
@@ -109,15 +123,18 @@ def test_trains_scores_ap_and_records_each_components_sn_ratios(runs):
 
 
 @pytest.mark.slow
-def test_resumed_run_reaches_the_same_weights_and_rows(runs):
-    """Seeded flips and RoI/anchor samples per image: 1 epoch + resume + 1 epoch is the
-    2-epoch run, bit for bit."""
+@pytest.mark.parametrize("name", ["resumed", "stopped"])
+def test_resumed_run_reaches_the_same_weights_and_rows(runs, name):
+    """Seeded flips and RoI/anchor samples per image: 1 epoch + resume + 1 epoch, and a run
+    stopped inside epoch 2 and resumed from its checkpoint there, are the 2-epoch run, bit
+    for bit."""
     straight = load_checkpoint(runs / "straight" / "last.pt")["model"]
-    resumed = load_checkpoint(runs / "resumed" / "last.pt")["model"]
+    resumed = load_checkpoint(runs / name / "last.pt")["model"]
     for key, value in straight.items():
         assert torch.equal(resumed[key], value), key
-    lines = [[json.loads(line) for line in (runs / name / "metrics.jsonl").open()]
-             for name in ("straight", "resumed")]
+    lines = [[json.loads(line) for line in (runs / run / "metrics.jsonl").open()]
+             for run in ("straight", name)]
+    assert len(lines[1]) == 2
     for a, b in zip(*lines):
         for key in ("train_loss", "box_ap", "mask_ap", "sn_ratios"):
             assert a[key] == b[key], key
