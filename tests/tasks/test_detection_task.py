@@ -263,3 +263,10 @@ def test_training_step_seeds_each_images_sampling_and_sums_the_terms():
     assert sorted(result.output) == sorted((*LOSS_TERMS, "loss_mask"))
     assert result.loss.item() == pytest.approx(sum(v.item() for v in result.output.values()))
     assert result.loss.requires_grad and not any(v.requires_grad for v in result.output.values())
+
+
+def test_an_empty_share_of_an_evaluation_batch_predicts_nothing():
+    def forward(images):
+        raise AssertionError("a detector cannot batch no images")
+
+    assert DetectionTask().eval_step(forward, ([], [])) == []

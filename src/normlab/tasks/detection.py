@@ -253,7 +253,11 @@ class DetectionTask(Task):
         return DetectionLosses(device, LOSS_TERMS + ((MASK_TERM,) if self.masks else ()))
 
     def eval_step(self, forward: Forward, batch: Any) -> list[dict[str, torch.Tensor]]:
+        """The detector's predictions; none for an empty share of a batch (the last
+        evaluation batch may hold fewer images than there are processes)."""
         images, _ = batch
+        if not images:
+            return []
         predictions: list[dict[str, torch.Tensor]] = forward(images)
         return predictions
 
