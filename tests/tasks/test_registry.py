@@ -8,6 +8,7 @@ keys: none of that needs a change to the loop.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlab.train import ConfigError, config_from_dict, load_checkpoint, resume, train
+from normlab.tasks import ClassificationTask
+from normlab.train import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_checkpoint,
+    resume,
+    train,
+)
+from normlab.train.evaluation import evaluate_run
 from normlab.train.factory import Loaders
 from normlab.train.task import (
     GatherMetric,
@@ -149,3 +159,23 @@ def test_a_new_task_resumes_exactly(tmp_path):
     a = load_checkpoint(tmp_path / "runs/toy/last.pt")["model"]
     b = load_checkpoint(tmp_path / "runs/half/last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_task_that_cannot_re_estimate_statistics_refuses_batch_average(tmp_path):
+    class NoRecompute(ToyRegression):
+        batch_average_stats = False
+
+    register_task("toy_no_recompute")(NoRecompute)
+    message = ("{}: task 'toy_no_recompute' cannot re-estimate norm statistics from training "
+               "batches")
+    raw = config_to_dict(_config(tmp_path))
+    raw["task"] = "toy_no_recompute"
+    raw["train"]["epochs"] = 1
+    with pytest.raises(ConfigError, match=re.escape(message.format(
+            "eval.statistics=batch_average"))):
+        train(config_from_dict({**raw, "eval": {"statistics": "batch_average"}}), progress=False)
+    assert not (tmp_path / "runs" / "toy").exists()
+    summary = train(config_from_dict(raw), progress=False)
+    with pytest.raises(ConfigError, match=re.escape(message.format("--recompute-stats"))):
+        evaluate_run(summary["run_dir"], recompute_stats=2)
+    ClassificationTask().check_batch_average("anything")  # classification can

@@ -181,6 +181,12 @@ def _dataset(key: str, name: str) -> DatasetInfo:
         raise unknown_name(key, name, "data set", valid, "normlab list datasets") from None
 
 
+def _streamed(task: str) -> list[str]:
+    """The data sets of ``task`` that can be streamed."""
+    infos = (dataset_info(name) for name in list_datasets())
+    return [info.name for info in infos if info.source is not None and info.task == task]
+
+
 def _check_reader_options(key: str, options: dict[str, Any], info: DatasetInfo) -> None:
     """Every key of ``options`` is an option of the data set's reader, of its type."""
     for option in options:
@@ -405,7 +411,7 @@ class DataConfig(_Section):
         if info.source is None:
             raise ConfigError(
                 f"data.loader=stream: data set {info.name!r} cannot be streamed (only "
-                f"{', '.join(n for n in list_datasets() if dataset_info(n).source)}); "
+                f"{', '.join(_streamed(info.task))}); "
                 "use data.loader=memory"
             )
         if self.mix is not None:

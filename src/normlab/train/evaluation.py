@@ -107,10 +107,13 @@ def evaluate_run(
     Raises:
         RunDirError: No ``config.yaml`` in ``run_dir``.
         CheckpointError: Missing or corrupt checkpoint.
+        ConfigError: ``recompute_stats`` for a task that cannot re-estimate statistics.
     """
     if recompute_stats is not None and recompute_stats < 1:
         raise ValueError("recompute_stats must be a positive number of batches")
     run = load_run(run_dir, checkpoint=checkpoint, overrides=overrides, builders=builders)
+    if recompute_stats is not None:
+        run.task.check_batch_average("--recompute-stats")
     loaders, model = run.loaders, run.model
 
     def score() -> dict[str, float]:

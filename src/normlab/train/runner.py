@@ -251,6 +251,8 @@ class _Run:
         progress = progress and config.run.progress and main
         cfg = config
         self.task = get_task(cfg.task).from_config(cfg)
+        if cfg.eval.statistics == "batch_average":
+            self.task.check_batch_average("eval.statistics=batch_average")
         self.device, loaders, model = build_setup(cfg, builders, device, self.task)
         self.loaders = _shard_loaders(loaders, cfg, self.parallel)
         _check_checkpoint_every(cfg, self.loaders.train, self.task, self.device)

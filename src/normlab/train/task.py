@@ -196,11 +196,17 @@ class Task(ABC):
         mode: ``"max"`` or ``"min"``: whether a larger ``monitor`` is better.
         architecture_keys: Dotted config keys that fix the network's parameters; a
             checkpoint whose stored config differs in one of them is refused.
+        batch_average_stats: Whether the norms' statistics can be re-estimated by running
+            the model in training mode on the first item of training batches (SN's
+            batch-average inference: ``eval.statistics=batch_average``, ``normlab eval
+            --recompute-stats``); a detector, which needs its targets in training mode,
+            cannot.
     """
 
     name: ClassVar[str] = ""
     monitor: ClassVar[str] = "test_loss"
     mode: ClassVar[str] = "min"
+    batch_average_stats: ClassVar[bool] = True
     architecture_keys: ClassVar[tuple[str, ...]] = (
         "task",
         "model.name",
@@ -215,6 +221,20 @@ class Task(ABC):
         """The task for a run config (override to read task options from it)."""
         del config
         return cls()
+
+    def check_batch_average(self, what: str) -> None:
+        """Refuse batch-average statistics (``what`` names the setting) for a task that
+        cannot re-estimate them (:attr:`batch_average_stats`).
+
+        Raises:
+            ConfigError: The task cannot.
+        """
+        if not self.batch_average_stats:
+            raise ConfigError(
+                f"{what}: task {self.name!r} cannot re-estimate norm statistics from training "
+                "batches (its model needs more than images in training mode); evaluate with "
+                "the moving averages (eval.statistics=moving_average)"
+            )
 
     def build_loaders(self, data: DataConfig, *, seed: int, device: torch.device) -> Loaders:
         """Training and evaluation loaders of the ``data`` section.
