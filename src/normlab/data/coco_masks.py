@@ -1,6 +1,6 @@
 """COCO segmentations (polygons, RLE) as binary masks, through pycocotools.
 
-pycocotools (``pip install normlab[detection]``) is imported only when needed.
+pycocotools (``pip install normlab[vision]``) is imported only when needed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def pycocotools_modules() -> tuple[Any, Any]:
         from pycocotools.coco import COCO  # optional dependency: pycocotools
     except ImportError as error:
         raise ImportError(
-            "COCO annotations need pycocotools; install it with `pip install normlab[detection]`"
+            "COCO annotations need pycocotools; install it with `pip install normlab[vision]`"
         ) from error
     return COCO, mask_api
 

@@ -121,6 +121,7 @@ class DetectionTask(Task):
 
     monitor = "box_ap"
     mode = "max"
+    batch_average_stats = False
 
     def __init__(self, masks: bool = False) -> None:
         self.masks = masks
@@ -131,15 +132,11 @@ class DetectionTask(Task):
         """The task of a ``task: detection`` config.
 
         Raises:
-            ConfigError: ``eval.statistics: batch_average`` or ``model.virtual_batch_size``
-                (the SN detection recipes use the moving average and per-process batches).
+            ConfigError: ``model.virtual_batch_size`` (per-process batches stand for the
+                paper's GPUs). ``eval.statistics: batch_average`` is refused by the runner
+                (:attr:`batch_average_stats`): the SN detectors evaluate with the moving
+                average.
         """
-        if config.eval.statistics == "batch_average":
-            raise ConfigError(
-                "eval.statistics: batch_average is not supported for detection (the SN "
-                "paper's detectors evaluate with the moving average); set "
-                "eval.statistics=moving_average"
-            )
         if config.model.virtual_batch_size is not None:
             raise ConfigError(
                 "model.virtual_batch_size is not supported for detection (a batch of "
