@@ -295,3 +295,12 @@ def test_yaml_files_meet_the_same_checks(tmp_path):
 def test_detection_data_and_models_go_with_the_detection_task(items, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config("sn_coco_fasterrcnn_fpn_tiny", items)
+
+
+def test_norm_options_of_a_model_are_checked_as_norm_names():
+    config = load_config("sn_coco_maskrcnn_fpn_tiny", ["model.kwargs.fpn_norm=head",
+                                                       "model.kwargs.mask_head_norm=gn"])
+    assert config.model.kwargs["fpn_norm"] == "head"  # the head's norm (the default)
+    with pytest.raises(ConfigError, match="model.kwargs.head_norm: unknown norm 'snn'; did "
+                       "you mean 'sn'"):
+        load_config("sn_coco_maskrcnn_fpn_tiny", ["model.kwargs.head_norm=snn"])

@@ -46,6 +46,7 @@ import yaml
 
 from normlab.data.presets import list_transform_presets
 from normlab.data.registry import DatasetInfo, dataset_info, list_datasets
+from normlab.models.detection import SAME_AS_HEAD
 from normlab.models.registry import list_models, model_constructor, model_info
 from normlab.norms.registry import (
     canonical_norm,
@@ -246,7 +247,8 @@ class ModelConfig(_Section):
                 raise _unknown_option(f"model.kwargs.{option}", f"model {self.name!r}", valid)
         check_keywords("model.kwargs", self.kwargs, options or {})
         for option, value in self.kwargs.items():
-            if isinstance(value, str) and (option.endswith("_norm") or option == "norm_downsample"):
+            named = option.endswith("_norm") or option == "norm_downsample"
+            if named and isinstance(value, str) and value != SAME_AS_HEAD:
                 _check_norm(f"model.kwargs.{option}", value)
         norm_kwargs = self.kwargs.get("norm_kwargs", {})
         if not isinstance(norm_kwargs, dict):
