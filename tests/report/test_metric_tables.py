@@ -53,6 +53,7 @@ def test_metric_columns_need_one_run_per_row_under_run():
         _experiment(cells={("BN† / –", "AP"): Cell("recipe")})
     experiment = _experiment()
     assert experiment.run_columns == (RUN,)
+    assert experiment.cell_label(("BN† / –", RUN)) == "BN† / –"  # the row names its run
     assert [cell for cell, _, _ in experiment.runs("full")] == [
         ("BN† / –", RUN), ("BN† / SN", RUN), ("SN‡ / SN", RUN)]
     assert [cell for cell, _, _ in experiment.runs("tiny")] == [("BN† / –", RUN),

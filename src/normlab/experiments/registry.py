@@ -172,6 +172,11 @@ class Experiment:
         columns are :attr:`metrics` of one run per row."""
         return (RUN,) if self.metrics else self.columns
 
+    def cell_label(self, cell: tuple[str, str]) -> str:
+        """``"row / column"`` of a cell, or the row alone when the columns are
+        :attr:`metrics` of its one run."""
+        return cell[0] if self.metrics else f"{cell[0]} / {cell[1]}"
+
     def runs(self, scale: str) -> list[tuple[tuple[str, str], str, tuple[str, ...]]]:
         """``((row, column), config, overrides)`` of every cell that runs at ``scale``,
         in reading order (row by row)."""

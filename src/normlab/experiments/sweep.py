@@ -271,27 +271,27 @@ def run_experiment(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create {folder}: {exc.strerror or exc}") from exc
-    shown = next(iter(experiment.metrics.values()), "final_acc")
     with FolderLock(folder, "sweep folder"):
-        return _sweep(planned, shown=shown, progress=progress, log=log, builders=builders)
+        return _sweep(planned, experiment, progress=progress, log=log, builders=builders)
 
 
 def _sweep(
     planned: list[PlannedRun],
+    experiment: Experiment,
     *,
-    shown: str,
     progress: bool,
     log: Callable[[str], None],
     builders: Builders | None,
 ) -> dict[str, int]:
     """The body of :func:`run_experiment`, under the sweep's lock; each finished run's
-    line shows its ``summary.json`` entry ``shown``."""
+    line shows its top-1 accuracy, or the first of the experiment's metrics."""
+    shown = next(iter(experiment.metrics.values()), "final_acc")
     statuses = [run_status(run) for run in planned]
     todo = sum(status in (NEW, RESUMABLE) for status in statuses)
     counts = {"trained": 0, "resumed": 0, "skipped": 0, "diverged": 0}
     spent: list[float] = []
     for index, (run, status) in enumerate(zip(planned, statuses), start=1):
-        label = f"[{index}/{len(planned)}] {run.cell[0]} / {run.cell[1]}, seed {run.seed}"
+        label = f"[{index}/{len(planned)}] {experiment.cell_label(run.cell)}, seed {run.seed}"
         if status in (COMPLETED, DIVERGED):
             counts["skipped" if status == COMPLETED else "diverged"] += 1
             log(f"{label}: {status}, skipped")

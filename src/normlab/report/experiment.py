@@ -106,14 +106,9 @@ def _eval_statistics(
         for run in sorted(cell_folder(out, experiment, scale, cell).glob("seed*")):
             kind = RunFolder(run).read_summary().get("eval_statistics")
             if kind is not None:
-                found.setdefault(str(kind), []).append(_cell_label(experiment, cell))
+                found.setdefault(str(kind), []).append(experiment.cell_label(cell))
                 break
     return found
-
-
-def _cell_label(experiment: Experiment, cell: tuple[str, str]) -> str:
-    """``"row / column"``, or the row alone when the columns are metrics of its one run."""
-    return cell[0] if experiment.metrics else f"{cell[0]} / {cell[1]}"
 
 
 def _entries(
@@ -148,7 +143,7 @@ def _first_seeds(
     """``(cell label, seed, run folder)`` of the first finished seed of every cell that
     has one (the run a report's per-cell figures are drawn from)."""
     return [
-        (_cell_label(experiment, cell), result.seeds[0],
+        (experiment.cell_label(cell), result.seeds[0],
          cell_folder(out, experiment, scale, cell) / f"seed{result.seeds[0]}")
         for cell, result in results.items() if result.seeds
     ]
@@ -266,18 +261,18 @@ def experiment_report(
         lines.append(f"Evaluated with {EVAL_STATISTICS_TEXT.get(kind, kind)}: {_listing(cells)}.")
     if seeds is not None:
         missing = [
-            f"{_cell_label(experiment, cell)} seed {seed}"
+            f"{experiment.cell_label(cell)} seed {seed}"
             for cell, result in results.items()
             for seed in seeds
             if seed not in result.seeds and seed not in result.diverged
         ]
         if missing:
             lines.append(f"Missing runs ({len(missing)}): {_listing(missing)}.")
-    diverged = [f"{_cell_label(experiment, cell)} seed {s}"
+    diverged = [f"{experiment.cell_label(cell)} seed {s}"
                 for cell, res in results.items() for s in res.diverged]
     if diverged:
         lines.append(f"Diverged (non-finite loss): {'; '.join(diverged)}.")
-    skipped = [_cell_label(experiment, (r, c)) for r in experiment.rows
+    skipped = [experiment.cell_label((r, c)) for r in experiment.rows
                for c in experiment.run_columns
                if (r, c) in experiment.cells and (r, c) not in results]
     if skipped:
