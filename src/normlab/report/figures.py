@@ -275,7 +275,8 @@ def ratio_dynamics_figure(
     """SN's ratios per network component over training, as in the SN paper's Figs. 10(b)
     and 11: one column of panels per component (backbone, FPN, box head, mask head, in the
     order they first appear), the mean ratios on top and the variance ratios below, a line
-    per normalizer (IN, LN, BN) against the epoch.
+    per normalizer (IN, LN, BN) against the epoch; the y axis (shared) fits the values, the
+    dashed line is the ratios' start, 1/3 each (short runs move them little).
 
     Args:
         records: One entry per epoch: ``records[e][component] = {"mean": [in, ln, bn],
@@ -295,7 +296,7 @@ def ratio_dynamics_figure(
             for k, part in enumerate(RATIO_PARTS):
                 ys = [r[component][key][k] if component in r else float("nan") for r in records]
                 ax.plot(epochs, ys, marker="o", markersize=3, label=part)
-            ax.set_ylim(0, 1)
+            ax.axhline(1 / len(RATIO_PARTS), color="gray", linestyle="--", linewidth=0.8)
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(component.replace("_", " "))

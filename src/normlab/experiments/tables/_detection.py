@@ -63,10 +63,12 @@ def detection_cell(
 
 
 TINY_NOTE = (
-    "The tiny scale trains the same detector with a ResNet-18 backbone and narrow heads "
+    "The tiny scale trains the same detector with a ResNet-18 backbone and smaller heads "
     "from scratch on the built-in COCO-format set (no ImageNet weights: nothing is "
-    "downloaded), so BN† there is BN frozen at its initialization (no normalization) and "
-    "the ‡ rows, which would repeat their fine-tuned rows, are left out."
+    "downloaded), so BN† there is BN frozen at its initialization, i.e. a backbone without "
+    "normalization: BN† / – (no norm anywhere) diverges or learns nothing there, and the "
+    "BN† rows only show what the head's norm does on its own. The ‡ rows, which would "
+    "repeat their fine-tuned rows, are left out."
 )
 
 
