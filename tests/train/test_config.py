@@ -284,7 +284,7 @@ def test_yaml_files_meet_the_same_checks(tmp_path):
         (["task=classification"],
          "data.name: 'coco_sample' is a detection data set but the config's task is "
          "'classification'; set task: detection"),
-        (["data.name=digits", "data.loader=memory", "data.test_split=test"],
+        (["data.name=digits", "data.loader=memory", "data.test_split=test", "data.kwargs={}"],
          "data.name: 'digits' is not a detection data set but the config's task is "
          "'detection'; choose a detection data set (normlab list datasets)"),
         (["model.name=resnet18", "model.kwargs={}"],
