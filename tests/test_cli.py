@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -149,7 +150,8 @@ def test_python_dash_m_entry_point():
 
 def test_experiment_list_run_skip_and_report(tmp_path, capsys):
     assert main(["experiment", "list"]) == 0
-    assert "iebn_table2_constant_noise  IEBN paper, Table 2" in capsys.readouterr().out
+    assert re.search(r"^iebn_table2_constant_noise +IEBN paper, Table 2", capsys.readouterr().out,
+                     re.MULTILINE)
     argv = ["experiment", "run", "bin_table1_cifar", "--seeds", "1", "--out", str(tmp_path),
             "-q", "--set", "train.epochs=1", "data.kwargs.size=8", "model.kwargs.widths=[4,4,4]",
             "model.kwargs.stem_width=4"]
