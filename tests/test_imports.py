@@ -27,6 +27,7 @@ OPTIONAL = (
     "triton",
     "torchvision",
     "timm",
+    "pycocotools",
     "onnx",
     "onnxruntime",
     "onnxscript",
