@@ -269,6 +269,8 @@ def test_full_disk_is_one_line_exit_1(tiny, tmp_path, capsys, monkeypatch):
     (CheckpointError("corrupt"), 1),
     (NonFiniteLossError("loss is nan", epoch=0, step=1, value=float("nan")), 1),
     (FileNotFoundError(errno.ENOENT, "No such file or directory", "x.yaml"), 1),
+    (ImportError("the detection models need torchvision; install it with `pip install "
+                 "normlab[vision]`"), 1),
 ])
 def test_every_error_class_maps_to_its_exit_status(tiny, capsys, monkeypatch, error, status):
     def fail(*args, **kwargs):

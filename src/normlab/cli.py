@@ -76,6 +76,7 @@ EXIT_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ConfigError, 2),  # a bad config or command line (UsageError is a ConfigError)
     (NormlabError, 1),  # the run failed: data, checkpoint, run folder, NaN loss
     (OSError, 1),  # a read-only folder, a full disk, a missing file
+    (ImportError, 1),  # an optional dependency is missing (the message names its extra)
     (KeyboardInterrupt, 130),
 )
 """The exit status of each error class, first match wins; anything else is a bug and shows

@@ -6,6 +6,8 @@ and runs a real detector in well under a second.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -444,3 +446,10 @@ def test_set_sample_seeds_needs_a_seeded_detector():
         set_sample_seeds(nn.Linear(2, 2), [1])
     with pytest.raises(TypeError, match="must be ints"):
         set_sample_seeds(tiny("fasterrcnn_c4_resnet50"), [1.5])
+
+
+def test_a_missing_torchvision_says_which_extra_installs_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision.models.detection", None)
+    with pytest.raises(ImportError, match=r"the detection models need torchvision; install it "
+                       r"with `pip install normlab\[vision\]`"):
+        create_model("fasterrcnn_fpn_resnet50", num_classes=3)

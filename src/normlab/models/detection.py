@@ -181,9 +181,13 @@ _TORCHVISION = (*_TORCHVISION_INTS, *_FRACTIONS, *_UNIT_FLOATS)
 def _torchvision() -> Any:
     """The ``torchvision`` package with its detection models loaded, imported when a
     detector is built (so that ``import normlab`` does not pay for torchvision's import)."""
-    # optional dependency: torchvision (a dependency of the models layer, imported lazily)
-    import torchvision.models.detection
-
+    try:
+        # optional dependency: torchvision (a dependency of the models layer, imported lazily)
+        import torchvision.models.detection
+    except ImportError as error:
+        raise ImportError(
+            "the detection models need torchvision; install it with `pip install normlab[vision]`"
+        ) from error
     return torchvision
 
 
