@@ -159,6 +159,10 @@ def test_experiment_list_run_skip_and_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[2/2] BIN / CIFAR-10, seed 0: final acc" in out
     assert "2 trained, 0 resumed, 0 skipped, 0 diverged" in out
+    table = out.split("2 trained, 0 resumed, 0 skipped, 0 diverged\n")[1]
+    assert table.startswith("## normlab: top-1 accuracy (%)")  # the report's table, printed
+    assert re.search(r"^\| BIN \| \**[0-9.]+", table, re.MULTILINE)
+    assert "Seeds finished per cell: 1." in table and "## The paper" not in table
     assert main(argv) == 0
     assert "0 trained, 0 resumed, 2 skipped, 0 diverged" in capsys.readouterr().out
     assert main(["experiment", "report", "bin_table1_cifar", "--seeds", "2", "--out",

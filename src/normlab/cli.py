@@ -44,6 +44,7 @@ import json
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from normlab.bench import cli as bench_cli
@@ -228,8 +229,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
                                 progress=not args.quiet)
         print(", ".join(f"{n} {what}" for what, n in counts.items()))
     path = experiment_report(experiment, scale=args.scale, out=args.out, seeds=seeds)
+    print(_our_results(path))
     print(f"report: {path}")
     return 0
+
+
+def _our_results(report: Path) -> str:
+    """The report's first section (our table and what it holds), for the terminal."""
+    return "## " + report.read_text().split("\n## ")[1].strip()
 
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter

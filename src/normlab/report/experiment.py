@@ -256,7 +256,7 @@ def experiment_report(
                        best=better, best_within=experiment.best_within),
     ]
     seed_counts = sorted({len(r.seeds) for r in results.values()})
-    lines.append(f"Seeds per cell: {', '.join(map(str, seed_counts)) or 'none yet'}.")
+    lines.append(f"Seeds finished per cell: {' or '.join(map(str, seed_counts)) or 'none yet'}.")
     for kind, cells in sorted(_eval_statistics(experiment, scale=scale, out=out).items()):
         lines.append(f"Evaluated with {EVAL_STATISTICS_TEXT.get(kind, kind)}: {_listing(cells)}.")
     if seeds is not None:
