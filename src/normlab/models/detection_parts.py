@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from normlab.errors import CheckpointError, ConfigError
 from normlab.models.imagenet_resnet import ResNet
+from normlab.models.state_check import state_mismatch
 from normlab.norms import canonical_norm, create_norm, freeze_norm, validate_norm_kwargs
 
 __all__ = [
@@ -182,18 +183,13 @@ def load_classification_weights(resnet: ResNet, path: str | os.PathLike[str], wh
     path = os.fspath(path)
     state = {k: v for k, v in _read_state(path).items() if not k.startswith("fc.")}
     expected = {k: v.shape for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k])}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k]
-    )
-    if missing or unexpected or wrong:
+    mismatch = state_mismatch(state, expected)
+    if mismatch:
+        wrong = [f"{key} {got} vs {want}" for key, got, want in mismatch.wrong_shapes]
         problems = [
             f"{label} {_listed(keys)}"
             for label, keys in (
-                ("missing keys", missing), ("unexpected keys", unexpected),
+                ("missing keys", mismatch.missing), ("unexpected keys", mismatch.unexpected),
                 ("shape mismatches", wrong),
             )
             if keys

@@ -17,6 +17,7 @@ from torch import nn
 
 from normlab.models.blocks import NormOptions, Norms, init_conv_weights
 from normlab.models.registry import register_model
+from normlab.models.state_check import state_mismatch
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -177,17 +178,12 @@ def load_vgg16_features(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     with torch.device("meta"):
         reference = nn.Sequential(*vgg_layers(VGG16_CFG, 3, None))
     expected = {f"features.{k}": v.shape for k, v in reference.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs VGG-16 {tuple(expected[k])}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k]
-    )
-    if missing or unexpected or wrong:
+    mismatch = state_mismatch(state, expected)
+    if mismatch:
+        wrong = [f"{key}: file {got} vs VGG-16 {want}" for key, got, want in mismatch.wrong_shapes]
         raise ValueError(
             f"{os.fspath(path)!r} is not a torchvision VGG-16 state dict: missing keys "
-            f"{missing}, unexpected keys {unexpected}, shape mismatches {wrong}"
+            f"{mismatch.missing}, unexpected keys {mismatch.unexpected}, shape mismatches {wrong}"
         )
     return dict(state)
 
