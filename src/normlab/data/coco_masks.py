@@ -57,6 +57,21 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     return np.ascontiguousarray(mask)
 
 
+def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
+    """COCO compressed run-length encodings of binary masks, as JSON values (``counts`` a
+    string: what ``instances_*.json`` files and COCO results hold).
+
+    Shape:
+        - masks: (R, H, W) uint8 in {0, 1}.
+        - output: R dicts ``{"size": [H, W], "counts": str}``.
+    """
+    if not len(masks):
+        return []
+    _, mask_api = pycocotools_modules()
+    rles = mask_api.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    return [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in rles]
+
+
 def pack_segmentations(segmentations: list[Any]) -> dict[str, np.ndarray]:
     """Compact arrays of many annotations' segmentations (checked ones: polygons or RLE).
 

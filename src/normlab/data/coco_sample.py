@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .coco_masks import decode_segmentation, pycocotools_modules
+from .coco_masks import decode_segmentation, encode_rle, pycocotools_modules
 from .decode import import_pillow
 from .digits import load_digits_data
 from .photos import random_crops
@@ -74,14 +74,13 @@ def _polygon(kind: str, x: int, y: int, side: int, generator: torch.Generator) -
 
 
 def _digit_rle(
-    digit: torch.Tensor, x: int, y: int, side: int, height: int, width: int, mask_api: Any
+    digit: torch.Tensor, x: int, y: int, side: int, height: int, width: int
 ) -> dict[str, Any]:
     """The compressed RLE of a digit (32 x 32 in [0, 1]) scaled to ``side`` at (x, y)."""
     scaled = F.interpolate(digit[None, None], size=(side, side), mode="bilinear")[0, 0]
-    mask = np.zeros((height, width), dtype=np.uint8, order="F")
-    mask[y : y + side, x : x + side] = (scaled > 0.5).numpy()
-    rle = mask_api.encode(mask)
-    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    mask = np.zeros((1, height, width), dtype=np.uint8)
+    mask[0, y : y + side, x : x + side] = (scaled > 0.5).numpy()
+    return encode_rle(mask)[0]
 
 
 def _place(
@@ -127,11 +126,11 @@ def _image(
         segmentation: Any
         if kind == "digit":
             digit = digits[_randint(0, len(digits) - 1, generator)]
-            segmentation = _digit_rle(digit, x, y, side, height, width, mask_api)
+            segmentation = _digit_rle(digit, x, y, side, height, width)
         else:
             segmentation = [_polygon(kind, x, y, side, generator)]
         decoded = decode_segmentation(segmentation, height, width)
-        rle = mask_api.encode(np.asfortranarray(decoded))
+        rle = encode_rle(decoded[None])[0]
         mask = torch.from_numpy(decoded).float()
         colour = torch.rand((3, 1, 1), generator=generator)
         pixels.mul_(1 - mask).add_(colour * mask)

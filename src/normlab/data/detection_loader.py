@@ -170,30 +170,17 @@ class DetectionLoader(WorkerLoader):
         group_aspect: bool = True,
         on_bad_file: Literal["stop", "skip"] = "stop",
     ) -> None:
-        super().__init__(seed, channels_last=False)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if workers < 0:
-            raise ValueError(f"workers must be non-negative, got {workers}")
+        super().__init__(seed, channels_last=False, batch_size=batch_size, device=device,
+                         workers=workers, on_bad_file=on_bad_file)
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}")
-        if on_bad_file not in ("stop", "skip"):
-            raise ValueError(f"on_bad_file must be 'stop' or 'skip', got {on_bad_file!r}")
         self.source = source
-        self.batch_size = batch_size
         self.train = train
-        self.device = torch.device(device)
         self.masks = masks
         self.flip_prob = flip_prob if train else 0.0
-        self.workers = workers
         self.drop_last = drop_last and train
         self.group_aspect = group_aspect and train
-        self.on_bad_file = on_bad_file
-        self.pin_memory = self.device.type == "cuda"
         self.groups = (source.aspect_ratios() >= 1.0).astype(np.int8)
-        self.rank, self.world_size = 0, 1
-        self.bad_files = 0
-        """Bad files skipped so far (``on_bad_file="skip"``)."""
         if self.drop_last and len(self) == 0:
             raise ValueError(
                 f"{source.name} has {len(source)} images, fewer than one batch of "

@@ -174,19 +174,57 @@ class WorkerLoader(EpochLoader):
     gives process ``rank`` of ``world_size`` its contiguous share (``tensor_split`` order)
     of every global batch, and applies the bad-file policy.
 
-    A subclass sets ``rank``, ``world_size``, ``on_bad_file`` (``"stop"`` or ``"skip"``)
-    and ``bad_files`` in its constructor and ends it with :meth:`_start_workers`; its
-    ``_data_loader`` builds a DataLoader whose batch sampler is ``self._shares`` and whose
-    collate function returns a tuple whose last item lists the batch's :class:`BadSample`
-    markers; its ``_batches`` iterates :meth:`_worker_batches`.
+    A subclass ends its constructor with :meth:`_start_workers`; its ``_data_loader``
+    builds a DataLoader whose batch sampler is ``self._shares`` and whose collate function
+    returns a tuple whose last item lists the batch's :class:`BadSample` markers; its
+    ``_batches`` iterates :meth:`_worker_batches`.
+
+    Args:
+        seed: Seed of the loader's randomness.
+        channels_last: Whether batches come in channels-last memory format.
+        batch_size: Samples per global batch.
+        device: Device of the batches.
+        workers: DataLoader worker processes (0: decode in this process).
+        on_bad_file: ``"stop"`` or ``"skip"``.
+        pin_memory: Pin batches for the copy to the device. Default: whether ``device``
+            is CUDA.
+        rank: This process's index among ``world_size`` training processes.
+        world_size: Number of training processes sharing each global batch.
     """
 
-    rank: int
-    world_size: int
-    on_bad_file: str
-    bad_files: int
     _shares: _Shares
     _loader: DataLoader[Any]
+
+    def __init__(
+        self,
+        seed: int,
+        channels_last: bool,
+        *,
+        batch_size: int,
+        device: torch.device | str,
+        workers: int,
+        on_bad_file: Literal["stop", "skip"],
+        pin_memory: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(seed, channels_last)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if workers < 0:
+            raise ValueError(f"workers must be non-negative, got {workers}")
+        if on_bad_file not in ("stop", "skip"):
+            raise ValueError(f"on_bad_file must be 'stop' or 'skip', got {on_bad_file!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.workers = workers
+        self.on_bad_file = on_bad_file
+        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
+        self.rank, self.world_size = rank, world_size
+        self.bad_files = 0
+        """Bad files skipped so far (``on_bad_file="skip"``)."""
 
     def _data_loader(self) -> DataLoader[Any]:
         raise NotImplementedError
@@ -308,19 +346,12 @@ class StreamingLoader(WorkerLoader):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        super().__init__(seed, channels_last)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if workers < 0:
-            raise ValueError(f"workers must be non-negative, got {workers}")
-        if on_bad_file not in ("stop", "skip"):
-            raise ValueError(f"on_bad_file must be 'stop' or 'skip', got {on_bad_file!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        super().__init__(seed, channels_last, batch_size=batch_size, device=device,
+                         workers=workers, on_bad_file=on_bad_file, pin_memory=pin_memory,
+                         rank=rank, world_size=world_size)
         if len(mean) != len(std) or len(mean) not in (1, 3):
             raise ValueError(f"mean and std need 1 or 3 channels each, got {mean} and {std}")
         self.source = source
-        self.batch_size = batch_size
         self.transform = transform
         self.mean, self.std = tuple(mean), tuple(std)
         self.shuffle = train if shuffle is None else shuffle
@@ -330,14 +361,7 @@ class StreamingLoader(WorkerLoader):
                 f"{source.name} has {len(source)} samples, fewer than one batch of "
                 f"{batch_size}, and drop_last is set: no batch would be produced"
             )
-        self.device = torch.device(device)
-        self.workers = workers
-        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
-        self.on_bad_file = on_bad_file
-        self.rank, self.world_size = rank, world_size
-        self.bad_files = 0
-        """Bad files skipped so far (``on_bad_file="skip"``)."""
         self.normalize = Normalizer(self.mean, self.std, self.device)
         self._image_shape: tuple[int, ...] = (len(self.mean), 0, 0)
         self._start_workers()

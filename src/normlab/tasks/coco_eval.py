@@ -29,10 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from normlab.data.coco_masks import pycocotools_modules
+from normlab.data.coco_masks import encode_rle, pycocotools_modules
 from normlab.train.task import GatherMetric
 
 __all__ = ["AP_SUFFIXES", "CocoEvaluator", "ap_keys", "encode_masks", "load_ground_truth"]
@@ -72,11 +71,8 @@ def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
         - masks: (R, 1, H, W) or (R, H, W) probabilities (or 0/1 values).
         - output: R dicts ``{"size": [H, W], "counts": str}``.
     """
-    _, mask = pycocotools_modules()
     binary = (masks.reshape(-1, *masks.shape[-2:]) > MASK_THRESHOLD).to(torch.uint8)
-    array = np.asfortranarray(binary.permute(1, 2, 0).cpu().numpy())
-    rles = mask.encode(array) if len(binary) else []
-    return [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in rles]
+    return encode_rle(binary.cpu().numpy())
 
 
 def _annotations(record: dict[str, Any], iou_type: str) -> list[dict[str, Any]]:
