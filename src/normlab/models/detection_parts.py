@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 from normlab.errors import CheckpointError, ConfigError
 from normlab.models.imagenet_resnet import ResNet
 from normlab.models.state_check import state_mismatch
-from normlab.norms import canonical_norm, create_norm, freeze_norm, validate_norm_kwargs
+from normlab.norms import canonical_norm, freeze_norm, get_norm_layer, validate_norm_kwargs
 
 __all__ = [
     "STAGES",
@@ -130,7 +129,7 @@ def norm_factory(
         validate_norm_kwargs(name, norm_kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{option}: {exc}") from None
-    return partial(create_norm, name, dim=2, **norm_kwargs)
+    return get_norm_layer(name, **norm_kwargs)
 
 
 def _listed(keys: Sequence[str]) -> str:
