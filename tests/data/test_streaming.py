@@ -1,4 +1,5 @@
 import io
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -178,3 +179,16 @@ def test_an_abandoned_pass_continues_at_the_next_batch_with_persistent_workers(s
     x, y = next(iter(loader))
     assert loader.state_dict() == {"epoch": 0, "batch": 1, "seed": 0}
     assert _same([(x, y), *_epoch(loader)], epoch)
+
+
+def test_close_stops_the_workers_at_once_and_a_later_pass_starts_new_ones(source):
+    loader = _loader(source, batch_size=3, workers=2)
+    before = set(multiprocessing.active_children())
+    epoch = _epoch(loader)
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)  # persistent
+    loader.close()
+    assert not any(w.is_alive() for w in workers)
+    loader.set_epoch(0)
+    assert _same(_epoch(loader), epoch)
+    loader.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -168,6 +169,18 @@ def test_batch_average_evaluation_scores_the_batch_average_and_leaves_training_a
     # batches: what `normlab eval --recompute-stats 2` computes
     result = evaluate_run(run, recompute_stats=2, overrides=["data.workers=0"])
     assert result["test_loss"] == result["recomputed"]["test_loss"] == rows[-1]["test_loss"]
+
+
+def test_a_finished_run_and_an_evaluation_leave_no_worker_processes(sample_folder, tmp_path):
+    """A run's loaders are closed when it ends, not when a garbage collection finds them."""
+    config = _stream_config(sample_folder, "data.workers=1", "train.epochs=1",
+                            "train.limit_batches=1", f"run.out_dir={tmp_path}", "run.name=run",
+                            "run.progress=false")
+    before = set(multiprocessing.active_children())
+    train(config, log=None)
+    assert set(multiprocessing.active_children()) <= before
+    evaluate_run(tmp_path / "run", recompute_stats=1)
+    assert set(multiprocessing.active_children()) <= before
 
 
 def _stream_config(folder: Path | None, *items: str):

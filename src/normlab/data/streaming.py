@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from .decode import decode_image
 from .errors import CorruptDatasetError, DatasetError
@@ -232,6 +233,18 @@ class WorkerLoader(EpochLoader):
     def _start_workers(self) -> None:
         """Make this process's batch sampler and DataLoader (workers start on a pass)."""
         self._shares = _Shares(self.rank, self.world_size)
+        self._loader = self._data_loader()
+
+    def close(self) -> None:
+        """Stop this loader's worker processes now; a later pass starts new ones.
+
+        Workers that outlive their loader stop when Python's cycle collector finds them,
+        and then only after torch's 5-second join timeout each (measured here), stalling
+        whatever code happens to run at that moment; a finished run closes its loaders.
+        """
+        workers = self._loader._iterator  # the persistent workers, once a pass started them
+        if isinstance(workers, _MultiProcessingDataLoaderIter):
+            workers._shutdown_workers()
         self._loader = self._data_loader()
 
     def shard(self: _Loader, rank: int, world_size: int) -> _Loader:

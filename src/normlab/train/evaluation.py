@@ -122,10 +122,13 @@ def evaluate_run(
                         channels_last=run.config.train.channels_last)
 
     result: dict[str, Any] = {"checkpoint": str(run.checkpoint), "epoch": run.epoch}
-    result.update(score())
-    if recompute_stats is not None:
-        num = min(recompute_stats, len(loaders.train))
-        update_norm_stats(model, _inputs(loaders.train, num), num)
-        result["num_batches"] = num
-        result["recomputed"] = score()
+    try:
+        result.update(score())
+        if recompute_stats is not None:
+            num = min(recompute_stats, len(loaders.train))
+            update_norm_stats(model, _inputs(loaders.train, num), num)
+            result["num_batches"] = num
+            result["recomputed"] = score()
+    finally:
+        loaders.close()
     return result

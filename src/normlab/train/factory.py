@@ -74,6 +74,14 @@ class Loaders:
     in_chans: int
     test_classes: int | None = None
 
+    def close(self) -> None:
+        """Stop the loaders' worker processes (those that have a ``close``, e.g.
+        :meth:`~normlab.data.streaming.WorkerLoader.close`)."""
+        for loader in (self.train, self.test):
+            close = getattr(loader, "close", None)
+            if close is not None:
+                close()
+
 
 def _secondary_options(mix: MixConfig, primary: Any) -> dict[str, Any]:
     """``mix.kwargs`` plus the primary's ``size``/``channels`` where the reader takes them."""

@@ -433,6 +433,7 @@ class _Run:
             raise
         finally:
             tensorboard.close()
+            self.loaders.close()
         summary = self.write_summary("completed")
         self.parallel.barrier()  # the run folder is complete before any process returns
         return summary
