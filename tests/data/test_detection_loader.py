@@ -137,7 +137,9 @@ def test_evaluation_is_in_order_ungrouped_and_complete(root):
 
 def test_batches_do_not_depend_on_workers_batch_position_or_epoch_start(source):
     whole = list(_loader(source))
-    assert _same(list(_loader(source, workers=2)), whole)
+    in_workers = _loader(source, workers=2)
+    assert _same(list(in_workers), whole)
+    in_workers.close()
     # a sample's flip and seed are its own: another batch size gives the same per image
     per_image = {t["image_id"]: (t["seed"], x) for xs, ts in whole for x, t in zip(xs, ts)}
     for images, targets in _loader(source, batch_size=3):

@@ -113,6 +113,7 @@ def test_workers_do_not_change_the_batches(source):
     for _ in range(2):
         assert _same(_epoch(in_process), _epoch(in_workers))
     assert in_workers.state_dict() == {"epoch": 2, "batch": 0, "seed": 0}
+    in_workers.close()
 
 
 def test_process_shares_concatenate_to_the_global_batch(source):
@@ -157,6 +158,7 @@ def test_loader_settings(source):
     assert loader.pin_memory is False and loader.epoch_stats() == {"bad_files": 0}
     x, _ = next(iter(loader))
     assert x.shape == (5, 3, 8, 8) and x.is_contiguous(memory_format=torch.channels_last)
+    loader.close()
     with pytest.raises(ValueError, match="fewer than one batch of 13"):
         _loader(source, batch_size=13)
     with pytest.raises(ValueError, match="rank must lie in"):
@@ -179,6 +181,7 @@ def test_an_abandoned_pass_continues_at_the_next_batch_with_persistent_workers(s
     x, y = next(iter(loader))
     assert loader.state_dict() == {"epoch": 0, "batch": 1, "seed": 0}
     assert _same([(x, y), *_epoch(loader)], epoch)
+    loader.close()
 
 
 def test_close_stops_the_workers_at_once_and_a_later_pass_starts_new_ones(source):

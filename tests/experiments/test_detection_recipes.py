@@ -5,16 +5,14 @@ and every row of Tables IV-VI starts and trains 2 iterations.
 The 2-iteration runs keep each recipe and row as shipped (detector, norms per component,
 frozen BN, ImageNet weights from ``pretrained/``, optimizer, schedule, warm-up, statistics)
 but read the built-in ``coco_sample`` in batches of 2 with a ResNet-18 backbone at 96-128
-pixels and fewer proposals, so the whole set takes minutes on a CPU.
+pixels, fewer proposals and detections, so the whole set takes a minute on a CPU.
 """
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from normlab.experiments import get_experiment, plan_runs
-from normlab.models import create_model
 from normlab.train import config_to_dict, list_configs, load_config, train
 from normlab.train.factory import build_model, build_optimizer
 from tests.models.helpers import on_meta
@@ -33,10 +31,10 @@ SMALL = (
     "model.kwargs.backbone=resnet18", "model.kwargs.min_size=96", "model.kwargs.max_size=128",
     "model.kwargs.rpn_pre_nms_top_n_train=100", "model.kwargs.rpn_post_nms_top_n_train=50",
     "model.kwargs.rpn_pre_nms_top_n_test=50", "model.kwargs.rpn_post_nms_top_n_test=20",
-    "model.kwargs.box_batch_size_per_image=16",
+    "model.kwargs.box_batch_size_per_image=16", "model.kwargs.box_detections_per_img=10",
 )
 """What the 2-iteration runs change: the data, the batch, the backbone's depth and the
-image size, and the proposals (everything else as shipped)."""
+image size, the proposals and the detections kept per image (everything else as shipped)."""
 
 
 def test_the_detection_recipes_are_shipped_with_tiny_variants():
@@ -122,14 +120,11 @@ FULL_RUNS = _full_scale_runs()
 
 
 @pytest.fixture
-def imagenet_weights(tmp_path, monkeypatch):
-    """``pretrained/imagenet_resnet50_<norm>.pth`` under the working directory, holding a
-    ResNet-18 classification state dict of each norm (the runs' backbone)."""
+def imagenet_weights(resnet18_weights, tmp_path, monkeypatch):
+    """``pretrained/imagenet_resnet50_<norm>.pth`` under the working directory (a link to
+    :func:`resnet18_weights`: the runs' backbone)."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "pretrained").mkdir()
-    for norm in ("bn", "gn", "sn"):
-        weights = create_model("resnet18", norm=norm).state_dict()
-        torch.save(weights, tmp_path / "pretrained" / f"imagenet_resnet50_{norm}.pth")
+    (tmp_path / "pretrained").symlink_to(resnet18_weights, target_is_directory=True)
 
 
 @pytest.mark.slow

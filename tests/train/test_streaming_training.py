@@ -251,10 +251,13 @@ RSS_LIMIT_MB = 1536
 def test_imagenet_recipe_peak_memory_on_20000_jpegs(tmp_path, capsys):
     """The issue's measurement: iebn_imagenet_resnet50 with resnet18, batch 8, on 20,000
     small JPEGs, 3 training and 3 evaluation batches: peak resident memory of the largest
-    process (the trainer or a decoding worker) under 1.5 GB."""
-    folder = write_sample_folder(tmp_path / "big", per_class=2000, size=48, splits=("train",))
-    write_sample_folder(tmp_path / "val", per_class=4, size=48, splits=("val",))
-    (tmp_path / "val" / "val").rename(folder / "val")
+    process (the trainer or a decoding worker) under 1.5 GB. The 20,000 training files are
+    hard links to 200 written ones (100 names each): the index, the epoch's order and the
+    loader see 20,000 files, and every batch decodes JPEGs of the same size either way."""
+    folder = write_sample_folder(tmp_path / "big", per_class=20, size=48)
+    for written in list((folder / "train").rglob("*.JPEG")):
+        for copy in range(1, 100):
+            os.link(written, written.with_name(f"{written.stem}_{copy}.JPEG"))
     files = sum(1 for _ in (folder / "train").rglob("*.JPEG"))
     assert files == 20_000
     argv = [*_python(), "train", "-c", "iebn_imagenet_resnet50", "-q", "--limit-batches", "3",
