@@ -43,6 +43,9 @@ _import_triton_for_its_interpreter()
 
 
 def pytest_collection_modifyitems(config, items):
+    """Run the ``slow`` tests first (pytest-xdist hands out work in this order, so no long
+    test is left running alone at the end), and skip the ``gpu`` tests without CUDA."""
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

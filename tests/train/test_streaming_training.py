@@ -104,7 +104,8 @@ def runs(sample_folder, tmp_path_factory):
     iebn = ("iebn_imagenet_resnet50_tiny", sample_folder)
     sn = ("sn_imagenet_resnet50_step_tiny", sample_folder)
     one = ("data.workers=0",)  # batches must not depend on the workers either
-    _run(_python() + _train_argv(*iebn, out / "iebn-one", "data.batch_size=32", *one))
+    # the one-process references train in this process (`normlab train`'s own code path)
+    assert main(_train_argv(*iebn, out / "iebn-one", "data.batch_size=32", *one)) == 0
     _run(_torchrun() + _train_argv(*iebn, out / "iebn-two", "data.batch_size=32"))
     killed = out / "iebn-two-resumed"
     step = _mid_epoch_kill(_torchrun() + _train_argv(
@@ -112,7 +113,7 @@ def runs(sample_folder, tmp_path_factory):
     # (the SN recipe's dropout is switched off: its masks depend on how a batch is split)
     _run(_torchrun() + ["train", "--resume", str(killed), "-q"])
     no_dropout = ("data.batch_size=64", "model.kwargs.dropout=0")
-    _run(_python() + _train_argv(*sn, out / "sn-one", *no_dropout, *one))
+    assert main(_train_argv(*sn, out / "sn-one", *no_dropout, *one)) == 0
     _run(_torchrun() + _train_argv(*sn, out / "sn-two", *no_dropout))
     return out, step
 
