@@ -152,9 +152,10 @@ def test_experiment_list_run_skip_and_report(tmp_path, capsys):
     assert main(["experiment", "list"]) == 0
     assert re.search(r"^iebn_table2_constant_noise +IEBN paper, Table 2", capsys.readouterr().out,
                      re.MULTILINE)
+    # 2 batches an epoch: what is asserted (lines, counts, skips, report) is per run
     argv = ["experiment", "run", "bin_table1_cifar", "--seeds", "1", "--out", str(tmp_path),
-            "-q", "--set", "train.epochs=1", "data.kwargs.size=8", "model.kwargs.widths=[4,4,4]",
-            "model.kwargs.stem_width=4"]
+            "-q", "--set", "train.epochs=1", "train.limit_batches=2", "data.kwargs.size=8",
+            "model.kwargs.widths=[4,4,4]", "model.kwargs.stem_width=4"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[2/2] BIN / CIFAR-10, seed 0: final acc" in out

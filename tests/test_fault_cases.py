@@ -200,11 +200,31 @@ def test_two_train_runs_with_default_names_in_one_second(tmp_path, capsys, monke
         _assert_consistent(folder, 1)
 
 
+# `normlab ARGV` that waits, after each epoch it records, for the gate file sys.argv[1]
+_HELD_AFTER_EACH_EPOCH = """
+import os, sys, time
+from normlab.train.run_folder import RunFolder
+commit = RunFolder.commit_epoch
+
+def commit_then_wait(self, *args, **kwargs):
+    commit(self, *args, **kwargs)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+
+RunFolder.commit_epoch = commit_then_wait
+from normlab.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_two_sweeps_with_one_out_do_not_delete_each_others_cells(tmp_path, capsys):
-    out = tmp_path / "sweep"
-    argv = [*SWEEP, "train.epochs=3", "--out", str(out)]
+    """The first sweep (a subprocess) holds after its first epoch until the second sweep
+    (this process) has been refused, so the two always overlap; 2 batches per epoch, as
+    the lock and the cells' consistency do not depend on the epoch's length."""
+    out, gate = tmp_path / "sweep", tmp_path / "go"
+    argv = [*SWEEP, "train.epochs=3", "train.limit_batches=2", "--out", str(out)]
     first = subprocess.Popen(
-        [sys.executable, "-m", "normlab", *argv],
+        [sys.executable, "-c", _HELD_AFTER_EACH_EPOCH, str(gate), *argv],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )
     try:
@@ -215,6 +235,7 @@ def test_two_sweeps_with_one_out_do_not_delete_each_others_cells(tmp_path, capsy
             time.sleep(0.05)
         code, _, err = _run(capsys, *argv)
         _one_line_error(code, err, f"pid {first.pid}")
+        gate.touch()
         assert first.wait(timeout=300) == 0, first.communicate()[1]
     finally:
         if first.poll() is None:

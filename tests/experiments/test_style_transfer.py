@@ -14,7 +14,9 @@ from normlab.report.style import style_report
 TINY = StyleSettings(size=16, batch_size=2, steps=3, content=("coffee",))
 
 
-def test_runs_each_norm_once_and_reports(tmp_path):
+def test_runs_each_norm_once_reports_and_refuses_other_settings(tmp_path, capsys):
+    """One sweep of two norms proves the report, the skipping of finished norms, and the
+    refusal of a second sweep with other settings or unknown norms into the same folder."""
     lines = []
     out = run_style_transfer(TINY, ("in", "bin"), tmp_path, progress=False, log=lines.append)
     assert out == tmp_path
@@ -31,10 +33,6 @@ def test_runs_each_norm_once_and_reports(tmp_path):
     run_style_transfer(TINY, ("in", "bin"), tmp_path, progress=False, log=lines.append)
     assert lines == ["[1/2] in: done, skipped", "[2/2] bin: done, skipped"]
     assert (tmp_path / "norms/in.json").stat().st_mtime_ns == stamp
-
-
-def test_other_settings_and_bad_arguments_are_refused(tmp_path, capsys):
-    run_style_transfer(TINY, ("in",), tmp_path, progress=False, log=lambda line: None)
     other = StyleSettings(size=16, batch_size=2, steps=4, content=("coffee",))
     with pytest.raises(ValueError, match=r"other settings \(steps\)"):
         run_style_transfer(other, ("in",), tmp_path, progress=False, log=lambda line: None)

@@ -99,13 +99,18 @@ def held_out_crops(settings: StyleSettings) -> torch.Tensor:
                         seeded_generator(settings.seed, 1))
 
 
+def _perceptual_loss(settings: StyleSettings) -> PerceptualLoss:
+    """The frozen loss every norm's network trains against (its style targets, the VGG's
+    Gram matrices of the full-size style image, are computed once)."""
+    style = load_photo(settings.style)[None]
+    return PerceptualLoss(_vgg(settings), style, content_weight=settings.content_weight,
+                          style_weight=settings.style_weight, tv_weight=settings.tv_weight)
+
+
 def _train_one(
-    norm: str, settings: StyleSettings, folder: Path, progress: bool
+    norm: str, settings: StyleSettings, loss: PerceptualLoss, folder: Path, progress: bool
 ) -> dict[str, Any]:
     photos = [load_photo(name) for name in settings.content]
-    style = load_photo(settings.style)[None]
-    loss = PerceptualLoss(_vgg(settings), style, content_weight=settings.content_weight,
-                          style_weight=settings.style_weight, tv_weight=settings.tv_weight)
     torch.manual_seed(settings.seed)
     model = _network(norm)
     history = train_style_network(
@@ -144,12 +149,15 @@ def run_style_transfer(
     folder = out / "norms"
     folder.mkdir(parents=True, exist_ok=True)
     pin_settings(asdict(settings), out / "settings.json", "style-transfer results")
+    loss: PerceptualLoss | None = None
     for index, norm in enumerate(norms, start=1):
         if (folder / f"{norm}.json").is_file():
             log(f"[{index}/{len(norms)}] {norm}: done, skipped")
             continue
         log(f"[{index}/{len(norms)}] {norm}: training {settings.steps} steps")
-        result = _train_one(norm, settings, folder, progress)
+        if loss is None:
+            loss = _perceptual_loss(settings)
+        result = _train_one(norm, settings, loss, folder, progress)
         last = tail_mean(result["history"])
         log(f"[{index}/{len(norms)}] {norm}: content {last['content']:.4g}, "
             f"style {last['style']:.4g}")
