@@ -13,7 +13,7 @@ from torch import nn
 
 from normlab.bench.measure import interleaved_times
 from normlab.models import create_model
-from normlab.norms import NormBase, SwitchNorm, fuse_for_inference, list_norms
+from normlab.norms import NormBase, SwitchNorm, SwitchNorm2d, fuse_for_inference, list_norms
 
 __all__ = ["BASELINE", "HARDENED", "InferenceResult", "bench_inference"]
 
@@ -45,7 +45,8 @@ class InferenceResult:
 def _network(model: str, norm: str, num_classes: int) -> nn.Module:
     if norm == BASELINE:
         return create_model(model, num_classes=num_classes, norm=nn.BatchNorm2d).eval()
-    net = create_model(model, num_classes=num_classes, norm="sn" if norm == HARDENED else norm)
+    net = create_model(model, num_classes=num_classes,
+                       norm=SwitchNorm2d if norm == HARDENED else norm)
     if norm == HARDENED:
         for layer in net.modules():
             if isinstance(layer, SwitchNorm):
